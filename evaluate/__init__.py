@@ -1,0 +1,1 @@
+"""Command-line evaluation: `python -m evaluate.dice` (argument parsing over `vxmtf.evaluation`)."""

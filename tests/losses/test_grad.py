@@ -1,0 +1,144 @@
+"""Tests for vxmtf.losses.grad: analytic values on constant and linear fields, NumPy diffs."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from vxmtf.losses import NCC, Grad, grad_penalty
+
+
+def _linear_field(spatial, matrix, offset):
+    """u(x) = A x + b at every voxel x (index vector, "ij" order): (1, *spatial, ndim)."""
+    grid = np.stack(np.meshgrid(*(np.arange(s) for s in spatial), indexing="ij"), axis=-1)
+    return (grid @ np.asarray(matrix).T + np.asarray(offset))[None].astype(np.float32)
+
+
+@pytest.mark.parametrize("penalty", ["l1", "l2"])
+@pytest.mark.parametrize("spatial", [(6, 7), (5, 6, 4)])
+def test_constant_field_is_zero(spatial, penalty):
+    field = np.full((2, *spatial, len(spatial)), 3.5, np.float32)
+    value = Grad(penalty, reduction=None)(np.zeros((2, 1)), field)
+    assert value.shape == (2,) and value.dtype == tf.float32
+    np.testing.assert_array_equal(value.numpy(), 0.0)
+
+
+@pytest.mark.parametrize("penalty", ["l1", "l2"])
+@pytest.mark.parametrize("spatial", [(6, 7), (5, 6, 4)])
+def test_linear_field_closed_form(spatial, penalty):
+    ndim = len(spatial)
+    rng = np.random.default_rng(0)
+    matrix = rng.normal(size=(ndim, ndim))
+    field = _linear_field(spatial, matrix, rng.normal(size=ndim))
+    # Forward differences along axis i are the constant column A[:, i].
+    size = np.abs(matrix) if penalty == "l1" else matrix**2
+    expected = np.mean([np.mean(size[:, i]) for i in range(ndim)])
+    value = grad_penalty(field, penalty)
+    np.testing.assert_allclose(value.numpy(), [expected], rtol=1e-5)
+    scaled = Grad(penalty, loss_mult=2, reduction=None)(tf.zeros(()), field)
+    np.testing.assert_allclose(scaled.numpy(), [2 * expected], rtol=1e-5)
+
+
+@pytest.mark.parametrize("penalty", ["l1", "l2"])
+@pytest.mark.parametrize("shape", [(3, 6, 7, 2), (2, 5, 6, 4, 3)])
+def test_random_field_matches_numpy_diff(shape, penalty):
+    field = np.random.default_rng(1).normal(size=shape)
+    size = np.abs if penalty == "l1" else np.square
+    per_axis = [
+        size(np.diff(field, axis=axis)).reshape(shape[0], -1).mean(axis=1)
+        for axis in range(1, len(shape) - 1)
+    ]
+    expected = np.mean(per_axis, axis=0)
+    loss = Grad(penalty, loss_mult=4.0, reduction=None)
+    np.testing.assert_allclose(loss(tf.zeros(()), field).numpy(), 4.0 * expected, rtol=1e-5)
+    np.testing.assert_allclose(grad_penalty(field, penalty).numpy(), expected, rtol=1e-12)
+    # Half-precision fields are reduced in float32.
+    half = grad_penalty(tf.cast(field, tf.float16), penalty)
+    assert half.dtype == tf.float32
+    np.testing.assert_allclose(half.numpy(), expected, rtol=2e-3)
+
+
+def test_unknown_shapes_in_tf_function():
+    loss = Grad("l2", reduction=None)
+    spec = tf.TensorSpec([None, None, None, None, 3], tf.float32)
+    fn = tf.function(lambda f: loss(tf.zeros(()), f), input_signature=[spec])
+    matrix = np.diag([1.0, -2.0, 0.5])
+    field = _linear_field((4, 5, 6), matrix, np.zeros(3))
+    np.testing.assert_allclose(fn(field).numpy(), [np.mean(matrix**2, axis=0).mean()], 1e-6)
+
+
+@pytest.mark.parametrize("penalty", ["l3", "L1", None, "bending"])
+def test_bad_penalty_raises(penalty):
+    with pytest.raises(ValueError, match=r"\('l1', 'l2'\).*Received: penalty=" + repr(penalty)):
+        Grad(penalty)
+
+
+@pytest.mark.parametrize("loss_mult", [0, -2, "2", True])
+def test_bad_loss_mult_raises(loss_mult):
+    with pytest.raises(ValueError, match="Received: loss_mult="):
+        Grad(loss_mult=loss_mult)
+
+
+def test_bad_field_raises():
+    with pytest.raises(ValueError, match="Received: field.shape="):
+        grad_penalty(tf.zeros((1, 8, 2)))
+    with pytest.raises(ValueError, match="at least 2 voxels"):
+        grad_penalty(tf.zeros((1, 8, 1, 2)))
+
+
+def test_serialization_round_trip():
+    loss = Grad("l2", loss_mult=2, name="smooth")
+    config = loss.get_config()
+    assert config["penalty"] == "l2" and config["loss_mult"] == 2 and config["name"] == "smooth"
+    serialized = keras.saving.serialize_keras_object(loss)
+    assert serialized["registered_name"] == "vxmtf>Grad"
+    field = np.random.default_rng(2).normal(size=(2, 5, 6, 4, 3)).astype(np.float32)
+    for restored in (keras.losses.deserialize(serialized), keras.losses.get(serialized)):
+        assert isinstance(restored, Grad) and restored.get_config() == config
+        np.testing.assert_allclose(
+            restored(tf.zeros(()), field).numpy(), loss(tf.zeros(()), field).numpy()
+        )
+
+
+def _registration_like_model(spatial):
+    moving = keras.Input((*spatial, 1), name="moving")
+    fixed = keras.Input((*spatial, 1), name="fixed")
+    pair = keras.layers.Concatenate()([moving, fixed])
+    displacement = keras.layers.Conv3D(3, 3, padding="same", name="displacement")(pair)
+    moved = keras.layers.Conv3D(1, 3, padding="same", name="moved")(displacement)
+    return keras.Model(
+        {"moving": moving, "fixed": fixed}, {"moved": moved, "displacement": displacement}
+    )
+
+
+def test_dict_output_model_compile_fit_and_reload(tmp_path):
+    spatial = (8, 8, 8)
+    keras.utils.set_random_seed(0)
+    model = _registration_like_model(spatial)
+    model.compile(
+        optimizer="sgd",
+        loss={"moved": NCC(window=3), "displacement": Grad("l2", loss_mult=2)},
+        loss_weights={"moved": 1.0, "displacement": 0.1},
+    )
+    rng = np.random.default_rng(3)
+    inputs = {
+        "moving": rng.uniform(size=(2, *spatial, 1)).astype(np.float32),
+        "fixed": rng.uniform(size=(2, *spatial, 1)).astype(np.float32),
+    }
+    targets = {"moved": inputs["fixed"], "displacement": np.zeros((2, 1), np.float32)}
+    history = model.fit(inputs, targets, batch_size=2, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+    outputs = model.predict(inputs, verbose=0)
+    moved, field = outputs["moved"], outputs["displacement"]
+    expected = float(NCC(3)(inputs["fixed"], moved)) + 0.1 * 2 * float(
+        tf.reduce_mean(grad_penalty(field, "l2"))
+    )
+    total = model.evaluate(inputs, targets, batch_size=2, verbose=0, return_dict=True)["loss"]
+    np.testing.assert_allclose(total, expected, rtol=1e-4)
+
+    path = tmp_path / "model.keras"
+    model.save(path)
+    reloaded = keras.models.load_model(path)  # no custom_objects: the losses are registered
+    again = reloaded.evaluate(inputs, targets, batch_size=2, verbose=0, return_dict=True)
+    np.testing.assert_allclose(again["loss"], total, rtol=1e-5)

@@ -1,0 +1,178 @@
+"""`vxmtf.networks.VxmDense`: outputs, saving, mixed precision, errors, and that it learns."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy import ndimage
+
+from vxmtf.losses import NCC, Grad
+from vxmtf.networks import Unet, VxmDense
+
+SMALL = {"enc_features": (4, 8, 8, 8), "dec_features": (8, 8, 8, 8, 8, 4, 4)}
+
+
+@pytest.mark.parametrize("inshape", [(32, 16), (16, 16, 32)])
+@pytest.mark.parametrize("int_steps", [0, 5])
+@pytest.mark.parametrize("bidir", [False, True])
+def test_output_names_and_shapes(inshape, int_steps, bidir):
+    ndim = len(inshape)
+    model = VxmDense(inshape, int_steps=int_steps, bidir=bidir, **SMALL)
+    assert [t.name for t in model.inputs] == ["moving", "fixed"]
+    x = np.zeros((2, *inshape, 1), np.float32)
+    out = model({"moving": x, "fixed": x})
+    expected = {"moved", "displacement", "preint_flow"}
+    if bidir:
+        expected |= {"inverse_moved", "inverse_displacement"}
+    assert set(out) == expected
+    assert out["moved"].shape == (2, *inshape, 1)
+    assert out["displacement"].shape == (2, *inshape, ndim)
+    assert out["displacement"].dtype == tf.float32
+    coarse = tuple(s // 2 for s in inshape) if int_steps else inshape
+    assert out["preint_flow"].shape == (2, *coarse, ndim)
+    if bidir:
+        assert out["inverse_moved"].shape == (2, *inshape, 1)
+    # A list in (moving, fixed) order is accepted too.
+    listed = model([x, x])
+    np.testing.assert_array_equal(listed["displacement"].numpy(), out["displacement"].numpy())
+
+
+def test_default_architecture_parameter_count():
+    """The paper's network: 327,331 parameters in 3D (as the official code reports)."""
+    model = VxmDense((32, 32, 32), int_steps=0)
+    assert model.count_params() == 327_331
+
+
+def test_moved_is_moving_warped_by_displacement():
+    rng = np.random.default_rng(0)
+    model = VxmDense((16, 16, 16), int_steps=3, **SMALL)
+    # Make the head produce a sizeable field so that the check is not trivial.
+    kernel, bias = model.get_layer("flow").get_weights()
+    model.get_layer("flow").set_weights([rng.normal(0, 0.05, kernel.shape), bias + 0.7])
+    moving = rng.uniform(size=(1, 16, 16, 16, 1)).astype(np.float32)
+    fixed = rng.uniform(size=(1, 16, 16, 16, 1)).astype(np.float32)
+    out = model([moving, fixed])
+    disp = out["displacement"].numpy()[0]
+    assert np.abs(disp).max() > 0.5
+    grid = np.stack(np.meshgrid(*[np.arange(16)] * 3, indexing="ij"), axis=0)
+    expected = ndimage.map_coordinates(
+        moving[0, ..., 0], grid + np.moveaxis(disp, -1, 0), order=1, mode="nearest"
+    )
+    np.testing.assert_allclose(out["moved"].numpy()[0, ..., 0], expected, atol=1e-5)
+
+
+def test_keras_file_round_trip(tmp_path):
+    model = VxmDense((16, 16, 16), int_steps=4, bidir=True, **SMALL)
+    rng = np.random.default_rng(1)
+    model.get_layer("flow").set_weights(
+        [rng.normal(0, 0.01, w.shape) for w in model.get_layer("flow").get_weights()]
+    )
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)  # no custom_objects
+    assert isinstance(loaded, VxmDense)
+    assert loaded.get_config() == model.get_config()
+    x = [rng.uniform(size=(2, 16, 16, 16, 1)).astype(np.float32) for _ in range(2)]
+    a, b = model(x), loaded(x)
+    for key in a:
+        np.testing.assert_array_equal(a[key].numpy(), b[key].numpy())
+
+
+def test_mixed_float16_builds_and_runs():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = VxmDense((16, 16, 16), int_steps=3, **SMALL)
+        x = np.random.default_rng(2).uniform(size=(1, 16, 16, 16, 1)).astype(np.float32)
+        model.compile(
+            optimizer=keras.optimizers.Adam(1e-3),
+            loss={"moved": NCC(), "preint_flow": Grad("l2", loss_mult=2)},
+        )
+        target = {"moved": x, "preint_flow": np.zeros((1, 1), np.float32)}
+        history = model.fit([x, x], target, epochs=1, verbose=0)
+        out = model([x, x])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert model.get_layer("unet").compute_dtype == "float16"
+    assert out["moved"].dtype == tf.float16
+    assert out["displacement"].dtype == tf.float32
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_unknown_spatial_sizes_run():
+    model = VxmDense((None, None, None), int_steps=2, **SMALL)
+    x = np.zeros((1, 16, 32, 16, 1), np.float32)
+    assert model([x, x])["displacement"].shape == (1, 16, 32, 16, 3)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"inshape": (20, 16, 16)}, "multiple of 2 \\*\\* 4 = 16"),
+        ({"inshape": (16, 16, 16, 16)}, "2 \\(2D\\) or 3 \\(3D\\)"),
+        ({"inshape": (16,)}, "Received: inshape=\\(16,\\)"),
+        ({"inshape": (32, 32), "enc_features": (8, 8, 8, 8, 8, 8)}, "2 \\*\\* 6 = 64"),
+        ({"inshape": (16, 16), "int_steps": -1}, "int_steps=-1"),
+        ({"inshape": (16, 16), "int_resolution": 0}, "int_resolution=0"),
+        ({"inshape": (16, 16), "dec_features": (8, 8)}, "at least one decoder feature"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        VxmDense(**kwargs)
+
+
+def test_unet_serializes():
+    unet = Unet((16, 16), 2, (4, 8), (8, 8, 4))
+    clone = Unet.from_config(unet.get_config())
+    assert clone.output.shape == (None, 16, 16, 4)
+
+
+# --- The model learns: a short optimisation on a synthetic pair -------------------------------
+
+
+def blob_pair(shape, seed):
+    """A smooth blob image and a smoothly deformed copy; returns moving, fixed and the masks."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float64) for s in shape], indexing="ij"))
+    centre = np.array(shape, float)[:, None, None] / 2
+    radius = np.sqrt(((grid - centre.reshape(-1, *[1] * len(shape))) ** 2).sum(0))
+    fixed_mask = radius < shape[0] * 0.28
+    fixed = ndimage.gaussian_filter(fixed_mask.astype(np.float64), 1.0)
+    # A smooth deformation of a few voxels: moving(x) = fixed(x + u(x)).
+    u = np.stack([ndimage.gaussian_filter(rng.normal(size=shape), 5.0) for _ in shape])
+    u *= 3.0 / np.abs(u).max()
+    moving = ndimage.map_coordinates(fixed, grid + u, order=1, mode="nearest")
+    moving_mask = ndimage.map_coordinates(fixed_mask.astype(float), grid + u, order=0) > 0.5
+    return moving, fixed, moving_mask, fixed_mask
+
+
+def test_short_optimisation_learns_the_deformation():
+    shape = (48, 48)
+    moving, fixed, moving_mask, fixed_mask = blob_pair(shape, seed=3)
+    keras.utils.set_random_seed(0)
+    model = VxmDense(shape, int_steps=0, **SMALL)
+    model.compile(
+        optimizer=keras.optimizers.Adam(3e-3),
+        loss={"moved": "mse", "preint_flow": Grad("l2")},
+        loss_weights={"moved": 1.0, "preint_flow": 0.01},
+    )
+    x = [moving[None, ..., None].astype(np.float32), fixed[None, ..., None].astype(np.float32)]
+    y = {"moved": x[1], "preint_flow": np.zeros((1, 1), np.float32)}
+
+    def dice_after():
+        disp = model.predict(x, verbose=0)["displacement"][0]
+        grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"))
+        warped = ndimage.map_coordinates(
+            moving_mask.astype(float), grid + np.moveaxis(disp, -1, 0), order=0
+        )
+        warped = warped > 0.5
+        return 2 * (warped & fixed_mask).sum() / (warped.sum() + fixed_mask.sum())
+
+    before_loss = model.evaluate(x, y, verbose=0, return_dict=True)["moved_loss"]
+    before_dice = dice_after()
+    model.fit(x, y, epochs=150, verbose=0)
+    after_loss = model.evaluate(x, y, verbose=0, return_dict=True)["moved_loss"]
+    after_dice = dice_after()
+    assert after_loss < 0.5 * before_loss
+    assert after_dice > before_dice + 0.03
+    assert after_dice > 0.9

@@ -1,0 +1,237 @@
+"""`vxmtf.training.train`: outputs, resume, atomic files, distribution."""
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+from vxmtf.training import DataConfig, ModelConfig, RunConfig, TrainConfig, train
+from vxmtf.training.checkpoint import TrainingState, atomic_save_model
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKER = Path(__file__).with_name("run_worker.py")
+TINY = ModelConfig(enc_features=(4, 8, 8, 8), dec_features=(8, 8, 8, 8, 8, 4, 4), int_steps=3)
+
+
+def tiny_config(model_dir, **train_kwargs):
+    values = {"model_dir": str(model_dir), "epochs": 2, "steps_per_epoch": 3, "lr": 1e-3}
+    values.update(train_kwargs)
+    return RunConfig(
+        data=DataConfig(synthetic_shape=(32, 32), val_pairs=2),
+        model=TINY,
+        train=TrainConfig(**values),
+    )
+
+
+def test_train_writes_models_logs_config_and_export(tmp_path):
+    result = train(tiny_config(tmp_path / "run"))
+    run = tmp_path / "run"
+    for name in ("config.json", "last.keras", "best.keras", "history.csv", "best.json"):
+        assert (run / name).is_file(), name
+    assert (run / "logs").is_dir()
+    assert result.export_path is not None and (result.export_path / "saved_model.pb").is_file()
+    assert result.export_path.parent.name == "vxm" and result.export_path.name == "1"
+    rows = list(csv.DictReader((run / "history.csv").read_text().splitlines()))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert {"loss", "val_loss", "moved_loss", "preint_flow_loss"} <= set(rows[0])
+    assert RunConfig.load(run / "config.json") == tiny_config(run)
+    loaded = keras.models.load_model(run / "last.keras")
+    x = [np.random.default_rng(0).uniform(size=(1, 32, 32, 1)).astype(np.float32)] * 2
+    np.testing.assert_allclose(
+        loaded(x)["displacement"].numpy(), result.model(x)["displacement"].numpy(), atol=1e-6
+    )
+
+
+def test_semi_supervised_and_bidirectional(tmp_path):
+    config = tiny_config(tmp_path / "run", seg_weight=0.5, epochs=1, export=False)
+    config.model = ModelConfig(**{**TINY.__dict__, "bidir": True})
+    result = train(config)
+    assert {"moved_seg_loss", "inverse_moved_loss"} <= set(result.history)
+    assert np.isfinite(result.history["loss"]).all()
+
+
+def test_refuses_to_overwrite_and_checks_architecture(tmp_path):
+    train(tiny_config(tmp_path / "run", epochs=1, export=False))
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(tiny_config(tmp_path / "run", epochs=1, export=False))
+    other = tiny_config(tmp_path / "run", epochs=2, export=False, resume=True)
+    other.model = ModelConfig(**{**TINY.__dict__, "int_steps": 0})
+    with pytest.raises(ValueError, match="architecture"):
+        train(other)
+
+
+def test_resume_restores_weights_and_optimizer(tmp_path):
+    run = tmp_path / "run"
+    first = train(tiny_config(run, epochs=1, export=False))
+    state = TrainingState(run / "state")
+    epoch, step, _ = state.latest()
+    assert (epoch, step) == (1, 3)
+    resumed = train(tiny_config(run, epochs=3, export=False, resume=True))
+    assert resumed.initial_epoch == 1
+    assert state.latest()[:2] == (3, 3 + 2 * 3)  # optimizer iterations continued from 3
+    assert len(resumed.history["loss"]) == 2
+    rows = list(csv.DictReader((run / "history.csv").read_text().splitlines()))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
+    assert not np.allclose(first.model.get_layer("flow").get_weights()[0], 0)
+
+
+def test_atomic_writes_keep_the_good_file(tmp_path, monkeypatch):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    path = tmp_path / "m.keras"
+    atomic_save_model(model, path)
+    good = path.read_bytes()
+
+    def broken_save(self, filepath, *args, **kwargs):
+        Path(filepath).write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(keras.Model, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_save_model(model, path)
+    assert path.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.keras"]
+
+
+def run_worker(out, model_dir, which, batch, env=None):
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), str(out), str(model_dir), which, str(batch)],
+        cwd=ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finish(process, timeout=600):
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output[-3000:]
+
+
+def weights(path):
+    data = np.load(path)
+    return int(data["replicas"]), [data[k] for k in data.files if k.startswith("arr_")]
+
+
+@pytest.mark.slow
+def test_mirrored_two_replicas_match_one(tmp_path):
+    """2 replicas x batch 1 == 1 replica x batch 2 after 4 steps, same seed and global batch."""
+    two = run_worker(tmp_path / "two.npz", tmp_path / "two", "two-cpus", 1)
+    finish(two)
+    one = run_worker(tmp_path / "one.npz", tmp_path / "one", "one-cpu", 2)
+    finish(one)
+    replicas_two, w_two = weights(tmp_path / "two.npz")
+    replicas_one, w_one = weights(tmp_path / "one.npz")
+    assert (replicas_two, replicas_one) == (2, 1)
+    moved = 0.0
+    for a, b in zip(w_two, w_one, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        moved = max(moved, float(np.abs(a).max()))
+    assert moved > 0
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_multi_worker_mirrored_on_localhost(tmp_path):
+    ports = [free_port(), free_port()]
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    workers = []
+    for index in range(2):
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+        workers.append(
+            run_worker(
+                tmp_path / f"w{index}.npz",
+                tmp_path / f"w{index}",
+                "auto",
+                1,
+                {"TF_CONFIG": tf_config},
+            )
+        )
+    for process in workers:
+        finish(process)
+    replicas0, w0 = weights(tmp_path / "w0.npz")
+    replicas1, w1 = weights(tmp_path / "w1.npz")
+    assert replicas0 == replicas1 == 2
+    for a, b in zip(w0, w1, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert (tmp_path / "w0" / "last.keras").is_file()  # the chief writes
+    assert not (tmp_path / "w1" / "last.keras").exists()  # the other worker does not
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_its_last_state(tmp_path):
+    run = tmp_path / "run"
+    args = [
+        sys.executable,
+        "-m",
+        "train",
+        "--synthetic-shape",
+        "32",
+        "32",
+        "--enc",
+        "4",
+        "8",
+        "8",
+        "8",
+        "--dec",
+        "8",
+        "8",
+        "8",
+        "8",
+        "8",
+        "4",
+        "4",
+        "--int-steps",
+        "3",
+        "--epochs",
+        "4",
+        "--steps-per-epoch",
+        "6",
+        "--save-every",
+        "2",
+        "--no-export",
+        "--model-dir",
+        str(run),
+    ]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    process = subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    state = TrainingState(run / "state")
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        latest = state.latest()
+        if latest is not None and latest[0] >= 1:  # at least one whole epoch saved
+            break
+        assert process.poll() is None, process.stderr.read().decode()[-3000:]
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    epoch, step, _ = state.latest()
+    assert epoch < 4, "the run finished before it could be killed"
+    for _, _, path in state.checkpoints():  # every file under a final name is complete
+        with h5py.File(path, "r") as f:
+            assert len(f.keys()) > 0
+    resumed = subprocess.run(args + ["--resume"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final_epoch, final_step, _ = state.latest()
+    assert final_epoch == 4
+    assert final_step == step + (4 - epoch) * 6  # optimizer iterations restored, not restarted
+    rows = list(csv.DictReader((run / "history.csv").read_text().splitlines()))
+    assert [int(r["epoch"]) for r in rows][-1] == 3
+    keras.models.load_model(run / "last.keras")

@@ -1,0 +1,1 @@
+"""`python -m train`: command-line entry point for training (see `train.__main__`)."""

@@ -1,0 +1,328 @@
+"""Reading and writing volumes: NIfTI (``.nii``, ``.nii.gz``), ``.npy`` and ``.npz``.
+
+Files keep their geometry: :func:`load_volume` returns the voxel array together with its 4x4
+voxel-to-world affine and (for NIfTI) the header, and :func:`save_volume` writes them back.
+Writes are atomic: the data go to a temporary file in the destination folder which then replaces
+the destination with :func:`os.replace`, so a failed write never truncates an existing file.
+
+:func:`read_shape` reads only what is needed to know a file's array shape (the NIfTI header, the
+``.npy`` header, or the header of the array inside a ``.npz`` archive), so that a dataset can be
+checked before training without loading every volume.
+
+Conventions: arrays are indexed like the file's voxel grid (NIfTI: ``i, j, k``); a NIfTI file of
+rank 4 or more whose trailing axes are singletons (``(X, Y, Z, 1)``) is read as rank 3. Other
+rank checks are the caller's (see :meth:`vxmtf.data.dataset.Dataset.validate`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import tempfile
+import zipfile
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+#: File name endings understood by :func:`load_volume` and :func:`save_volume`.
+SUFFIXES = (".nii.gz", ".nii", ".npz", ".npy")
+
+#: Key of the volume inside an ``.npz`` archive (an archive holding one array may use any key).
+NPZ_KEY = "vol"
+#: Optional key of the 4x4 affine inside an ``.npz`` archive.
+NPZ_AFFINE_KEY = "affine"
+
+# Errors that nibabel, gzip and numpy raise for truncated or malformed files.
+_READ_ERRORS = (
+    nib.filebasedimages.ImageFileError,
+    nib.spatialimages.HeaderDataError,
+    OSError,
+    EOFError,
+    zlib.error,
+    zipfile.BadZipFile,
+    ValueError,
+    KeyError,
+)
+
+
+@dataclasses.dataclass
+class Volume:
+    """A voxel array with its geometry.
+
+    Attributes:
+        array: the voxel data, indexed like the file's voxel grid, e.g. shape ``(X, Y, Z)``.
+        affine: ``(4, 4)`` float64 voxel-to-world matrix (identity when the file has none).
+        header: the NIfTI header (a copy, safe to modify), or ``None`` for ``.npy``/``.npz``.
+        path: the file the volume was read from, or ``None``.
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    header: nib.Nifti1Header | None = None
+    path: Path | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape)
+
+
+def file_kind(path: str | os.PathLike) -> str:
+    """The format named by a file's ending: ``"nifti"``, ``"npz"`` or ``"npy"``.
+
+    Raises:
+        ValueError: for any other ending.
+    """
+    name = Path(path).name.lower()
+    if name.endswith((".nii.gz", ".nii")):
+        return "nifti"
+    if name.endswith(".npz"):
+        return "npz"
+    if name.endswith(".npy"):
+        return "npy"
+    raise ValueError(
+        f"Unknown volume file type for {path}: expected a name ending in one of "
+        f"{', '.join(SUFFIXES)}. Received: path={path}"
+    )
+
+
+def _check_exists(path: Path) -> None:
+    if not path.is_file():
+        raise FileNotFoundError(f"Volume file not found: {path}")
+
+
+def _squeeze_trailing(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Drops singleton axes after the third one, e.g. ``(X, Y, Z, 1) -> (X, Y, Z)``."""
+    shape = tuple(int(s) for s in shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    return shape
+
+
+def _unreadable(path: Path, expected: str, error: BaseException) -> ValueError:
+    return ValueError(
+        f"Could not read {path}: expected {expected}. "
+        f"Received: error={type(error).__name__}: {error}"
+    )
+
+
+def _npz_member(archive: zipfile.ZipFile | np.lib.npyio.NpzFile, path: Path) -> str:
+    """The key of the volume inside an ``.npz`` archive: ``vol`` or the only array."""
+    if isinstance(archive, zipfile.ZipFile):
+        keys = [n[: -len(".npy")] for n in archive.namelist() if n.endswith(".npy")]
+    else:
+        keys = list(archive.files)
+    if NPZ_KEY in keys:
+        return NPZ_KEY
+    arrays = [k for k in keys if k != NPZ_AFFINE_KEY]
+    if len(arrays) == 1:
+        return arrays[0]
+    raise ValueError(
+        f"Could not read {path}: expected an .npz archive with a '{NPZ_KEY}' array or a "
+        f"single array. Received: keys={keys}"
+    )
+
+
+def read_shape(path: str | os.PathLike) -> tuple[int, ...]:
+    """The array shape of a volume file, without reading its voxels.
+
+    NIfTI: from the header (trailing singleton axes past the third dropped, as in
+    :func:`load_volume`); ``.npy``: from the memory-mapped header; ``.npz``: from the header of
+    the stored array.
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ValueError: if the ending is unknown or the file cannot be read.
+    """
+    path = Path(path)
+    kind = file_kind(path)
+    _check_exists(path)
+    try:
+        if kind == "nifti":
+            return _squeeze_trailing(nib.load(path).shape)
+        if kind == "npy":
+            return tuple(np.load(path, mmap_mode="r").shape)
+        with zipfile.ZipFile(path) as archive:
+            key = _npz_member(archive, path)
+            with archive.open(key + ".npy") as member:
+                version = np.lib.format.read_magic(member)
+                if version == (1, 0):
+                    return tuple(np.lib.format.read_array_header_1_0(member)[0])
+                if version == (2, 0):
+                    return tuple(np.lib.format.read_array_header_2_0(member)[0])
+        with np.load(path, allow_pickle=False) as archive:
+            return tuple(archive[key].shape)
+    except _READ_ERRORS as error:
+        if isinstance(error, ValueError) and str(error).startswith("Could not read"):
+            raise
+        raise _unreadable(path, _expected(kind), error) from error
+
+
+def _expected(kind: str) -> str:
+    return {
+        "nifti": "a NIfTI-1/2 image (.nii or gzip-compressed .nii.gz)",
+        "npy": "a NumPy .npy array",
+        "npz": f"a NumPy .npz archive holding a '{NPZ_KEY}' array",
+    }[kind]
+
+
+def load_volume(path: str | os.PathLike) -> Volume:
+    """Reads a volume file with its affine and header.
+
+    NIfTI intensities are returned with the file's scaling applied (``scl_slope``/``scl_inter``)
+    in the stored dtype when unscaled. ``.npz`` archives may carry a ``(4, 4)`` ``affine`` array
+    next to ``vol``; otherwise the affine is the identity.
+
+    Args:
+        path: a ``.nii``, ``.nii.gz``, ``.npy`` or ``.npz`` file.
+
+    Returns:
+        A :class:`Volume`.
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ValueError: if the ending is unknown or the file is unreadable or corrupt.
+    """
+    path = Path(path)
+    kind = file_kind(path)
+    _check_exists(path)
+    try:
+        if kind == "nifti":
+            image = nib.load(path)
+            array = np.asanyarray(image.dataobj)
+            array = array.reshape(_squeeze_trailing(array.shape))
+            return Volume(array, np.asarray(image.affine, np.float64), image.header.copy(), path)
+        if kind == "npy":
+            return Volume(np.load(path, allow_pickle=False), np.eye(4), None, path)
+        with np.load(path, allow_pickle=False) as archive:
+            array = archive[_npz_member(archive, path)]
+            affine = np.eye(4)
+            if NPZ_AFFINE_KEY in archive.files and archive[NPZ_AFFINE_KEY].shape == (4, 4):
+                affine = np.asarray(archive[NPZ_AFFINE_KEY], np.float64)
+        return Volume(array, affine, None, path)
+    except _READ_ERRORS as error:
+        if isinstance(error, ValueError) and str(error).startswith("Could not read"):
+            raise
+        raise _unreadable(path, _expected(kind), error) from error
+
+
+def _storage_dtype(array: np.ndarray) -> np.dtype:
+    """float32 for real images; the smallest of uint8/int16/int32 holding integer labels."""
+    if array.dtype == bool:
+        return np.dtype(np.uint8)
+    if np.issubdtype(array.dtype, np.integer):
+        low, high = (int(array.min()), int(array.max())) if array.size else (0, 0)
+        for candidate in (np.uint8, np.int16, np.int32):
+            info = np.iinfo(candidate)
+            if info.min <= low and high <= info.max:
+                return np.dtype(candidate)
+        raise ValueError(
+            f"Integer volume values must fit in int32 to be saved as NIfTI. "
+            f"Received: min={low}, max={high}"
+        )
+    if np.issubdtype(array.dtype, np.floating):
+        return np.dtype(np.float32)
+    raise TypeError(
+        f"Expected a real (integer, boolean or floating) array. Received: dtype={array.dtype}"
+    )
+
+
+def _nifti_image(array: np.ndarray, affine, header) -> nib.Nifti1Image:
+    array = np.asarray(array)
+    dtype = _storage_dtype(array)
+    data = array.astype(dtype, copy=False)
+    if header is None:
+        affine = np.eye(4) if affine is None else np.asarray(affine, np.float64)
+        image = nib.Nifti1Image(data, affine)
+        image.header.set_data_dtype(dtype)
+        return image
+    image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+    header = image_class.header_class.from_header(header)
+    header.set_data_dtype(dtype)
+    header.set_slope_inter(None, None)
+    if affine is not None:
+        affine = np.asarray(affine, np.float64)
+        if not np.allclose(affine, header.get_best_affine()):
+            # Keep the header's transform codes; nibabel would otherwise reset them.
+            header.set_sform(affine, code=int(header["sform_code"]) or 2)
+            if int(header["qform_code"]):
+                header.set_qform(affine, code=int(header["qform_code"]))
+    return image_class(data, affine, header)
+
+
+def _write_nifti(target: Path, array: np.ndarray, affine, header) -> None:
+    nib.save(_nifti_image(array, affine, header), target)
+
+
+def _write_numpy(target: Path, kind: str, array: np.ndarray, affine) -> None:
+    with open(target, "wb") as handle:
+        if kind == "npy":
+            np.save(handle, np.asarray(array))
+        else:
+            arrays = {NPZ_KEY: np.asarray(array)}
+            if affine is not None:
+                arrays[NPZ_AFFINE_KEY] = np.asarray(affine, np.float64)
+            np.savez_compressed(handle, **arrays)
+
+
+def save_volume(
+    path: str | os.PathLike,
+    array: np.ndarray,
+    affine: np.ndarray | None = None,
+    header: nib.Nifti1Header | None = None,
+) -> Path:
+    """Writes a volume atomically, keeping the given geometry.
+
+    NIfTI: floating arrays are stored as float32, integer and boolean arrays (label maps) as the
+    smallest of uint8/int16/int32 that holds their values, without intensity scaling. A given
+    header is kept (pixdim, units, qform/sform codes, description...); a given affine overrides
+    the header's transform but keeps its codes. ``.npy`` stores the array as is; ``.npz``
+    stores it under ``vol`` (and ``affine`` when given).
+
+    Args:
+        path: destination ending in ``.nii``, ``.nii.gz``, ``.npy`` or ``.npz``.
+        array: the voxel data.
+        affine: optional ``(4, 4)`` voxel-to-world matrix; defaults to the header's, else the
+            identity.
+        header: optional NIfTI header (e.g. ``Volume.header`` of the volume this one derives
+            from).
+
+    Returns:
+        The destination path.
+
+    Raises:
+        ValueError: if the ending is unknown, the affine is not 4x4, or integer values do not
+            fit in int32.
+        TypeError: for non-numeric arrays.
+    """
+    path = Path(path)
+    kind = file_kind(path)
+    if affine is not None and np.shape(affine) != (4, 4):
+        raise ValueError(
+            f"Expected a (4, 4) affine for {path}. Received: affine.shape={np.shape(affine)}"
+        )
+    suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=suffix)
+    os.close(handle)
+    temporary = Path(temporary)
+    try:
+        if kind == "nifti":
+            _write_nifti(temporary, array, affine, header)
+        else:
+            _write_numpy(temporary, kind, array, affine)
+        mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+        os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
+    logger.debug("Wrote %s with shape %s", path, np.shape(array))
+    return path

@@ -1,0 +1,151 @@
+"""`VxmDense`: the VoxelMorph registration network."""
+
+import keras
+
+from vxmtf.layers.rescale_transform import RescaleTransform
+from vxmtf.layers.spatial_transformer import SpatialTransformer
+from vxmtf.layers.vec_int import VecInt
+from vxmtf.networks.unet import Unet, check_inshape
+
+
+@keras.saving.register_keras_serializable(package="vxmtf")
+class VxmDense(keras.Model):
+    """VoxelMorph: predict a dense deformation from a (moving, fixed) pair and warp `moving`.
+
+    Composition (Balakrishnan et al., CVPR 2018 / TMI 2019; Dalca et al., MICCAI 2018):
+
+        concat(moving, fixed) -> Unet -> flow head (3^ndim conv, ndim channels, ~N(0, 1e-5))
+          int_steps == 0: displacement = flow                       (CVPR 2018 model)
+          int_steps > 0:  v = flow resized by 1 / int_resolution    (stationary velocity)
+                          displacement = resize(VecInt(v), int_resolution)   (diffeomorphic)
+          moved = SpatialTransformer(moving, displacement)
+
+    Outputs (a dict):
+        moved: `(batch, *inshape, 1)` the moving image warped onto the fixed image.
+        displacement: `(batch, *inshape, ndim)` float32, voxels, full resolution;
+            `moved[x] = moving[x + displacement[x]]`.
+        preint_flow: the field the smoothness loss (`vxmtf.losses.Grad`) regularises: the
+            velocity at 1 / int_resolution of the input size when `int_steps > 0`, else the
+            full-resolution displacement itself (as in the VoxelMorph code). Grad at a lower
+            resolution should use `loss_mult=int_resolution`.
+        inverse_moved, inverse_displacement (only with `bidir=True`): the fixed image warped
+            onto the moving one by the inverse transform (integration of -v; -flow when
+            `int_steps == 0`, a first-order inverse).
+
+    Args:
+        inshape: spatial shape; known sizes divisible by `2 ** len(enc_features)`. None sizes
+            (e.g. for export) are allowed and checked at run time by the convolutions.
+        enc_features, dec_features: U-Net features (see `Unet`).
+        int_steps: scaling-and-squaring steps; 0 for the non-diffeomorphic model.
+        int_resolution: integer factor by which the velocity is coarser than the image
+            (only used when `int_steps > 0`).
+        bidir: also output the inverse warp of the fixed image.
+
+    Call arguments:
+        inputs: `[moving, fixed]` or `{"moving": ..., "fixed": ...}`, each
+            `(batch, *inshape, 1)`.
+    """
+
+    def __init__(
+        self,
+        inshape,
+        enc_features=(16, 32, 32, 32),
+        dec_features=(32, 32, 32, 32, 32, 16, 16),
+        int_steps=7,
+        int_resolution=2,
+        bidir=False,
+        **kwargs,
+    ):
+        # Inputs checked.
+        inshape = check_inshape(inshape, levels=len(list(enc_features)))
+        if isinstance(int_steps, bool) or not isinstance(int_steps, int) or int_steps < 0:
+            raise ValueError(f"`int_steps` must be an integer >= 0. Received: int_steps={int_steps!r}")
+        if (
+            isinstance(int_resolution, bool)
+            or not isinstance(int_resolution, int)
+            or int_resolution < 1
+        ):
+            raise ValueError(
+                f"`int_resolution` must be an integer >= 1. Received: int_resolution={int_resolution!r}"
+            )
+        for size in inshape:
+            if int_steps and size is not None and size % int_resolution:
+                raise ValueError(
+                    f"Every size in `inshape` must be divisible by `int_resolution` "
+                    f"({int_resolution}). Received: inshape={inshape}"
+                )
+        ndim = len(inshape)
+        integrate = int_steps > 0
+        coarse = integrate and int_resolution > 1
+
+        # Layers.
+        unet = Unet(inshape, 2, enc_features, dec_features, name="unet")
+        conv = keras.layers.Conv3D if ndim == 3 else keras.layers.Conv2D
+        # The head and everything after it run in float32 under mixed precision: fields are
+        # coordinates and must keep sub-voxel resolution.
+        flow_head = conv(
+            ndim,
+            3,
+            padding="same",
+            kernel_initializer=keras.initializers.RandomNormal(stddev=1e-5),
+            bias_initializer="zeros",
+            dtype="float32",
+            name="flow",
+        )
+        transformer = SpatialTransformer(name="transformer")
+
+        # Functional graph.
+        moving = keras.Input(shape=(*inshape, 1), name="moving")
+        fixed = keras.Input(shape=(*inshape, 1), name="fixed")
+        pair = keras.layers.Concatenate(name="pair")([moving, fixed])
+        flow = flow_head(unet(pair))
+        outputs = {}
+        if integrate:
+            velocity = RescaleTransform(1 / int_resolution, name="velocity_resize")(flow) if coarse else flow
+            displacement = self._integrate(velocity, int_steps, int_resolution, "")
+            outputs["preint_flow"] = velocity
+        else:
+            displacement = flow
+            outputs["preint_flow"] = flow
+        outputs["moved"] = transformer(moving, displacement)
+        outputs["displacement"] = displacement
+        if bidir:
+            if integrate:
+                negative = keras.layers.Rescaling(-1.0, dtype="float32", name="negate")(velocity)
+                inverse = self._integrate(negative, int_steps, int_resolution, "inverse_")
+            else:
+                inverse = keras.layers.Rescaling(-1.0, dtype="float32", name="negate")(flow)
+            outputs["inverse_moved"] = SpatialTransformer(name="inverse_transformer")(fixed, inverse)
+            outputs["inverse_displacement"] = inverse
+        super().__init__(inputs=[moving, fixed], outputs=outputs, **kwargs)
+
+        # Config.
+        self.inshape = inshape
+        self.enc_features = list(enc_features)
+        self.dec_features = list(dec_features)
+        self.int_steps = int_steps
+        self.int_resolution = int_resolution
+        self.bidir = bidir
+
+    @staticmethod
+    def _integrate(velocity, steps, resolution, prefix):
+        displacement = VecInt(steps, name=f"{prefix}integrate")(velocity)
+        if resolution > 1:
+            displacement = RescaleTransform(resolution, name=f"{prefix}displacement_resize")(displacement)
+        return displacement
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "inshape": self.inshape,
+            "enc_features": self.enc_features,
+            "dec_features": self.dec_features,
+            "int_steps": self.int_steps,
+            "int_resolution": self.int_resolution,
+            "bidir": self.bidir,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

@@ -1,0 +1,146 @@
+"""Typed configuration of a training run, saved as JSON beside its checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+IMAGE_LOSSES = ("ncc", "mse")
+MODES = ("atlas", "pairs")
+# Regularisation weights of the VoxelMorph papers (Balakrishnan et al., TMI 2019, Sec. IV-D):
+# lambda = 1 with NCC, 0.01 with MSE (intensities in [0, 1]).
+DEFAULT_LAMBDA = {"ncc": 1.0, "mse": 0.01}
+
+
+@dataclass
+class DataConfig:
+    """Where pairs come from and how volumes are prepared.
+
+    `data=None` trains on the embedded synthetic generator (`vxmtf.data.synthetic`).
+    """
+
+    data: str | None = None
+    labels: str | None = None
+    atlas: str | None = None
+    mode: str = "pairs"
+    synthetic_shape: tuple[int, ...] = (48, 48, 48)
+    synthetic_labels: int = 12
+    downsample: int = 1
+    normalize: str = "minmax"
+    cache: bool = False
+    val_pairs: int = 4
+
+    def __post_init__(self):
+        self.synthetic_shape = tuple(int(s) for s in self.synthetic_shape)
+        if self.mode not in MODES:
+            raise ValueError(f"`mode` must be one of {MODES}. Received: mode={self.mode!r}")
+        if len(self.synthetic_shape) not in (2, 3):
+            raise ValueError(
+                "`synthetic_shape` must give 2 or 3 sizes. "
+                f"Received: synthetic_shape={self.synthetic_shape}"
+            )
+        if self.downsample < 1:
+            raise ValueError(f"`downsample` must be >= 1. Received: downsample={self.downsample}")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of `vxmtf.networks.VxmDense` (defaults: the VoxelMorph papers')."""
+
+    enc_features: tuple[int, ...] = (16, 32, 32, 32)
+    dec_features: tuple[int, ...] = (32, 32, 32, 32, 32, 16, 16)
+    int_steps: int = 7
+    int_resolution: int = 2
+    bidir: bool = False
+
+    def __post_init__(self):
+        self.enc_features = tuple(int(f) for f in self.enc_features)
+        self.dec_features = tuple(int(f) for f in self.dec_features)
+
+    @property
+    def levels(self) -> int:
+        return len(self.enc_features)
+
+    def kwargs(self) -> dict:
+        return {
+            "enc_features": self.enc_features,
+            "dec_features": self.dec_features,
+            "int_steps": self.int_steps,
+            "int_resolution": self.int_resolution,
+            "bidir": self.bidir,
+        }
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, losses, run-time switches and outputs."""
+
+    model_dir: str = "runs/vxm"
+    image_loss: str = "ncc"
+    ncc_window: int = 9
+    reg_weight: float | None = None  # --lambda; None = DEFAULT_LAMBDA[image_loss]
+    seg_weight: float = 0.0
+    epochs: int = 10
+    steps_per_epoch: int = 50
+    batch_size: int = 1
+    lr: float = 1e-4
+    seed: int = 0
+    mixed_precision: bool = False
+    xla: bool = False
+    resume: bool = False
+    save_every: int = 0  # also back up every N steps (0: at the end of each epoch only)
+    export: bool = True
+
+    def __post_init__(self):
+        if self.image_loss not in IMAGE_LOSSES:
+            raise ValueError(
+                f"`image_loss` must be one of {IMAGE_LOSSES}. Received: image_loss={self.image_loss!r}"
+            )
+        if self.reg_weight is None:
+            self.reg_weight = DEFAULT_LAMBDA[self.image_loss]
+        for name in ("epochs", "steps_per_epoch", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be >= 1. Received: {name}={getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"`lr` must be positive. Received: lr={self.lr}")
+        if self.seg_weight < 0 or self.reg_weight < 0:
+            raise ValueError(
+                "Loss weights must be >= 0. "
+                f"Received: reg_weight={self.reg_weight}, seg_weight={self.seg_weight}"
+            )
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a training run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> RunConfig:
+        unknown = set(values) - {"data", "model", "train"}
+        if unknown:
+            raise ValueError(
+                f"Unknown sections in a run config: {sorted(unknown)}; expected data, model, train."
+            )
+        return cls(
+            data=DataConfig(**values.get("data", {})),
+            model=ModelConfig(**values.get("model", {})),
+            train=TrainConfig(**values.get("train", {})),
+        )
+
+    def save(self, path) -> None:
+        from vxmtf.training.checkpoint import atomic_write_text
+
+        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path) -> RunConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))

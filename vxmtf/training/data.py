@@ -1,0 +1,114 @@
+"""`TrainingData`: the run's data source, its shape, and the (x, y) datasets `fit` consumes."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from vxmtf.data import (
+    PreprocessConfig,
+    SyntheticPairs,
+    load_dataset,
+    make_pair_dataset,
+    make_validation_dataset,
+    pipeline_shape,
+)
+
+
+class TrainingData:
+    """Data of a training run, validated when constructed (before any model is built).
+
+    `config.data.data is None` selects `SyntheticPairs` with `synthetic_shape`; otherwise a
+    dataset JSON or a folder/glob of images (see `vxmtf.data.load_dataset`), whose files are all
+    checked (existence, readability, rank, shapes, label/image agreement) here.
+    """
+
+    def __init__(self, config):
+        self.config = config
+        dcfg, mcfg, tcfg = config.data, config.model, config.train
+        multiple = 2**mcfg.levels
+        if mcfg.int_steps and mcfg.int_resolution > 1:
+            multiple = _lcm(multiple, mcfg.int_resolution)
+        self.preprocess = PreprocessConfig(
+            normalize=dcfg.normalize, downsample=dcfg.downsample, multiple=multiple
+        )
+        if dcfg.data is None:
+            shape = tuple(dcfg.synthetic_shape)
+            if any(s % multiple for s in shape):
+                raise ValueError(
+                    f"--synthetic-shape sizes must be multiples of {multiple} (2 ** encoder "
+                    f"levels). Received: synthetic_shape={shape}"
+                )
+            self.source = SyntheticPairs(
+                shape, num_labels=dcfg.synthetic_labels, seed=tcfg.seed, num_val=dcfg.val_pairs
+            )
+            self.num_classes = dcfg.synthetic_labels + 1
+        else:
+            self.source = load_dataset(dcfg.data, labels=dcfg.labels, atlas=dcfg.atlas)
+            values = self.source.label_values
+            self.num_classes = len(values) if values else 0
+        self.shape = tuple(pipeline_shape(self.source, self.preprocess))
+        if tcfg.seg_weight > 0 and self.num_classes < 2:
+            raise ValueError(
+                "--seg-weight needs label maps with known label values (a dataset JSON with "
+                "`labels`, or label files). Received: a dataset without labels"
+            )
+
+    @property
+    def with_labels(self) -> bool:
+        return self.config.train.seg_weight > 0
+
+    def dataset(self, batch_size: int, seed: int) -> tf.data.Dataset:
+        """Endless training batches of `(x, y)` for `fit`."""
+        pairs = make_pair_dataset(
+            self.source,
+            mode=self.config.data.mode,
+            batch_size=batch_size,
+            seed=seed,
+            cache=self.config.data.cache,
+            preprocess=self.preprocess,
+            with_labels=self.with_labels,
+        )
+        return pairs.map(self._to_xy, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+            tf.data.AUTOTUNE
+        )
+
+    def validation_dataset(self, replicas: int = 1) -> tf.data.Dataset | None:
+        """Fixed validation pairs (None when the source has none)."""
+        if isinstance(self.source, SyntheticPairs):
+            if self.source.num_val == 0:
+                return None
+        elif not self.source.val_pairs:
+            return None
+        pairs = make_validation_dataset(
+            self.source,
+            preprocess=self.preprocess,
+            mode=self.config.data.mode,
+            with_labels=self.with_labels,
+        )
+        if replicas > 1:  # each replica needs a sample: re-batch the batch-1 stream
+            pairs = pairs.unbatch().batch(replicas, drop_remainder=True)
+        return pairs.map(self._to_xy)
+
+    def _to_xy(self, element):
+        """Pipeline dict -> (inputs, targets) of the training model (see `trainer`)."""
+        moving, fixed = element["moving"], element["fixed"]
+        x = {"moving": moving, "fixed": fixed}
+        batch = tf.shape(fixed)[0]
+        y = {"moved": fixed, "preint_flow": tf.zeros([batch, 1])}  # Grad ignores its target
+        if self.config.model.bidir:
+            y["inverse_moved"] = moving
+        if self.with_labels:
+            x["moving_seg"] = _one_hot(element["moving_labels"], self.num_classes)
+            y["moved_seg"] = _one_hot(element["fixed_labels"], self.num_classes)
+        return x, y
+
+
+def _one_hot(labels, num_classes):
+    # (batch, *spatial, 1) int32 indices -> (batch, *spatial, num_classes) float32
+    return tf.one_hot(labels[..., 0], num_classes, dtype=tf.float32)
+
+
+def _lcm(a: int, b: int) -> int:
+    import math
+
+    return a * b // math.gcd(a, b)

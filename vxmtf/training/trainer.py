@@ -1,0 +1,176 @@
+"""`train`: one function from a `RunConfig` to a trained, saved and exported model."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from vxmtf.layers.spatial_transformer import SpatialTransformer
+from vxmtf.losses import MSE, NCC, Dice, Grad
+from vxmtf.networks import VxmDense
+from vxmtf.training.checkpoint import ModelSaver, StateCallback, TrainingState
+from vxmtf.training.config import RunConfig
+from vxmtf.training.data import TrainingData
+from vxmtf.training.strategy import is_chief, make_strategy
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What a run produced."""
+
+    model: VxmDense
+    history: dict
+    model_dir: Path
+    export_path: Path | None
+    initial_epoch: int
+    seconds: float
+
+
+def train(config: RunConfig, strategy: tf.distribute.Strategy | None = None) -> TrainResult:
+    """Train VoxelMorph as `config` says; save, log and export into `config.train.model_dir`.
+
+    Layout of the model folder:
+        config.json         the resolved configuration (rebuilds the run)
+        last.keras, best.keras   the registration model (`VxmDense`) after the last / best epoch
+        history.csv, logs/  per-epoch losses (CSV) and TensorBoard logs
+        state/              weights + optimizer for `resume` (atomic, newest two kept)
+        export/vxm/<N>/     SavedModel for TF Serving (see `vxmtf.export`)
+
+    Raises:
+        FileExistsError: the folder holds an earlier run and `config.train.resume` is false.
+        ValueError, FileNotFoundError: bad data, found before training starts.
+    """
+    start = time.perf_counter()
+    cfg = config.train
+    model_dir = Path(cfg.model_dir)
+    state = TrainingState(model_dir / "state")
+    _check_model_dir(model_dir, config, state)
+    data = TrainingData(config)  # validates every file before anything is built
+    strategy = strategy or make_strategy()
+    chief = is_chief(strategy)
+    if chief:
+        model_dir.mkdir(parents=True, exist_ok=True)
+        config.save(model_dir / "config.json")
+
+    with _precision(cfg.mixed_precision), strategy.scope():
+        keras.utils.set_random_seed(cfg.seed)
+        model = VxmDense(data.shape, **config.model.kwargs(), name="vxm_dense")
+        trainer_model, losses, weights = _training_model(model, config, data.num_classes)
+        trainer_model.compile(
+            optimizer=keras.optimizers.Adam(cfg.lr),
+            loss=losses,
+            loss_weights=weights,
+            jit_compile=cfg.xla,
+        )
+        initial_epoch, _ = state.restore(trainer_model) if cfg.resume else (0, 0)
+
+    replicas = strategy.num_replicas_in_sync
+    train_ds = data.dataset(cfg.batch_size * replicas, seed=cfg.seed + 1000 * initial_epoch)
+    val_ds = data.validation_dataset(replicas)
+    monitor = "val_loss" if val_ds is not None else "loss"
+    callbacks = [
+        StateCallback(state, every=cfg.save_every, writer=chief),
+        ModelSaver(model, model_dir, monitor=monitor, writer=chief),
+    ]
+    if chief:
+        callbacks += [
+            keras.callbacks.CSVLogger(str(model_dir / "history.csv"), append=initial_epoch > 0),
+            keras.callbacks.TensorBoard(str(model_dir / "logs"), write_graph=False),
+        ]
+    history = {}
+    if initial_epoch < cfg.epochs:
+        fit = trainer_model.fit(
+            train_ds,
+            epochs=cfg.epochs,
+            steps_per_epoch=cfg.steps_per_epoch,
+            initial_epoch=initial_epoch,
+            validation_data=val_ds,
+            callbacks=callbacks,
+            verbose="auto",
+            shuffle=False,  # the pipeline shuffles, seeded
+        )
+        history = fit.history
+    else:
+        logger.info("Nothing to do: %d of %d epochs already done", initial_epoch, cfg.epochs)
+
+    export_path = None
+    if cfg.export and chief:
+        from vxmtf.export import export_saved_model
+
+        export_path = export_saved_model(model, model_dir / "export", model_name="vxm")
+    return TrainResult(model, history, model_dir, export_path, initial_epoch, time.perf_counter() - start)
+
+
+def _training_model(model: VxmDense, config: RunConfig, num_classes: int):
+    """Wrap the registration model with its training outputs, losses and loss weights.
+
+    Image term on `moved` (and `inverse_moved`, each at 1/2, when bidirectional), smoothness
+    `lambda * Grad("l2")` on `preint_flow` (multiplied by int_resolution when it is coarser,
+    as in the VoxelMorph code), and with a segmentation weight a soft Dice between the fixed
+    labels and the moving labels (one-hot) warped by the same field (TMI 2019, Sec. III-C).
+    """
+    cfg, mcfg = config.train, config.model
+    image_loss = NCC(cfg.ncc_window) if cfg.image_loss == "ncc" else MSE()
+    coarse = mcfg.int_steps > 0 and mcfg.int_resolution > 1
+    grad = Grad("l2", loss_mult=mcfg.int_resolution if coarse else None)
+    moving, fixed = model.inputs
+    inputs = {"moving": moving, "fixed": fixed}
+    outputs = dict(model([moving, fixed]))
+    losses = {"moved": image_loss, "preint_flow": grad}
+    weights = {"moved": 1.0, "preint_flow": cfg.reg_weight}
+    if mcfg.bidir:
+        losses["inverse_moved"] = image_loss
+        weights["moved"] = weights["inverse_moved"] = 0.5
+    if cfg.seg_weight > 0:
+        moving_seg = keras.Input(shape=(*model.inshape, num_classes), name="moving_seg")
+        inputs["moving_seg"] = moving_seg
+        outputs["moved_seg"] = SpatialTransformer(name="seg_transformer")(
+            moving_seg, outputs["displacement"]
+        )
+        losses["moved_seg"] = Dice()
+        weights["moved_seg"] = cfg.seg_weight
+    keep = {name: outputs[name] for name in losses}
+    trainer_model = keras.Model(inputs=inputs, outputs=keep, name="vxm_trainer")
+    return trainer_model, losses, weights
+
+
+def _check_model_dir(model_dir: Path, config: RunConfig, state: TrainingState) -> None:
+    earlier = model_dir / "config.json"
+    if not config.train.resume:
+        if earlier.exists() or state.latest() is not None:
+            raise FileExistsError(
+                f"{model_dir} holds an earlier run (config.json / state/). Pass --resume to "
+                "continue it, or choose another --model-dir; nothing was overwritten."
+            )
+        return
+    if earlier.exists():
+        saved = RunConfig.load(earlier)
+        if saved.model != config.model:
+            raise ValueError(
+                f"--resume needs the architecture of the run in {model_dir}. Expected: "
+                f"{saved.model}. Received: {config.model}"
+            )
+
+
+@contextlib.contextmanager
+def _precision(enabled: bool):
+    """Mixed precision for the duration of model building: float16 on GPUs, bfloat16 on CPUs
+    (TensorFlow's CPU kernels are fast for bfloat16 and lack several float16 ones)."""
+    if not enabled:
+        yield
+        return
+    previous = keras.mixed_precision.dtype_policy()
+    policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
