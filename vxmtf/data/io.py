@@ -232,9 +232,32 @@ def _storage_dtype(array: np.ndarray) -> np.dtype:
     )
 
 
-def _nifti_image(array: np.ndarray, affine, header) -> nib.Nifti1Image:
+def _check_dtype(array: np.ndarray, dtype) -> np.dtype:
+    """An explicitly requested NIfTI storage dtype, checked against the values it must hold."""
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.floating):
+        return dtype
+    if not np.issubdtype(dtype, np.integer):
+        raise TypeError(f"Expected an integer or floating storage dtype. Received: dtype={dtype}")
+    if not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
+        raise TypeError(
+            f"An integer storage dtype needs an integer array. Received: dtype={dtype}, "
+            f"array.dtype={array.dtype}"
+        )
+    if array.size:
+        info = np.iinfo(dtype)
+        low, high = int(array.min()), int(array.max())
+        if low < info.min or high > info.max:
+            raise ValueError(
+                f"Values do not fit the storage dtype {dtype} ({info.min}..{info.max}). "
+                f"Received: min={low}, max={high}"
+            )
+    return dtype
+
+
+def _nifti_image(array: np.ndarray, affine, header, dtype=None) -> nib.Nifti1Image:
     array = np.asarray(array)
-    dtype = _storage_dtype(array)
+    dtype = _storage_dtype(array) if dtype is None else _check_dtype(array, dtype)
     data = array.astype(dtype, copy=False)
     if header is None:
         affine = np.eye(4) if affine is None else np.asarray(affine, np.float64)
@@ -255,8 +278,8 @@ def _nifti_image(array: np.ndarray, affine, header) -> nib.Nifti1Image:
     return image_class(data, affine, header)
 
 
-def _write_nifti(target: Path, array: np.ndarray, affine, header) -> None:
-    nib.save(_nifti_image(array, affine, header), target)
+def _write_nifti(target: Path, array: np.ndarray, affine, header, dtype=None) -> None:
+    nib.save(_nifti_image(array, affine, header, dtype), target)
 
 
 def _write_numpy(target: Path, kind: str, array: np.ndarray, affine) -> None:
@@ -275,11 +298,13 @@ def save_volume(
     array: np.ndarray,
     affine: np.ndarray | None = None,
     header: nib.Nifti1Header | None = None,
+    dtype=None,
 ) -> Path:
     """Writes a volume atomically, keeping the given geometry.
 
     NIfTI: floating arrays are stored as float32, integer and boolean arrays (label maps) as the
-    smallest of uint8/int16/int32 that holds their values, without intensity scaling. A given
+    smallest of uint8/int16/int32 that holds their values, without intensity scaling; `dtype`
+    chooses the storage type instead (e.g. the dtype of the label file a map derives from). A given
     header is kept (pixdim, units, qform/sform codes, description...); a given affine overrides
     the header's transform but keeps its codes. ``.npy`` stores the array as is; ``.npz``
     stores it under ``vol`` (and ``affine`` when given).
@@ -291,14 +316,16 @@ def save_volume(
             identity.
         header: optional NIfTI header (e.g. ``Volume.header`` of the volume this one derives
             from).
+        dtype: optional NIfTI storage dtype (ignored for ``.npy``/``.npz``); an integer dtype
+            needs an integer or boolean array whose values fit it.
 
     Returns:
         The destination path.
 
     Raises:
         ValueError: if the ending is unknown, the affine is not 4x4, or integer values do not
-            fit in int32.
-        TypeError: for non-numeric arrays.
+            fit in int32 (or in `dtype`).
+        TypeError: for non-numeric arrays, or an integer `dtype` for a floating array.
     """
     path = Path(path)
     kind = file_kind(path)
@@ -314,7 +341,7 @@ def save_volume(
     temporary = Path(temporary)
     try:
         if kind == "nifti":
-            _write_nifti(temporary, array, affine, header)
+            _write_nifti(temporary, array, affine, header, dtype)
         else:
             _write_numpy(temporary, kind, array, affine)
         mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
