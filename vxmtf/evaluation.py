@@ -582,9 +582,11 @@ def plot_example(example: dict, path, title="") -> Path:
     from skimage.segmentation import find_boundaries
 
     figure_class, _ = _matplotlib()
-    figure = figure_class(figsize=(16, 3.6))
-    axes = figure.subplots(1, 5)
     shape = example["fixed"].shape
+    # Five panels of 3.2 in, as tall as the slice's aspect needs (axis 1 upwards), plus titles.
+    aspect = min(max(shape[1] / shape[0], 0.5), 2.0)
+    figure = figure_class(figsize=(16, 3.2 * aspect + 0.8), layout="constrained")
+    axes = figure.subplots(1, 5)
     images = {"moving": example["moving"], "fixed": example["fixed"], "moved": example["moved"]}
     high = max(float(np.max(v)) for v in images.values()) or 1.0
     low = min(float(np.min(v)) for v in images.values())
