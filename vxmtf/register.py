@@ -54,6 +54,7 @@ import numpy as np
 from scipy import ndimage
 
 from vxmtf.data.io import NPZ_AFFINE_KEY, Volume, file_kind, load_volume, save_volume
+from vxmtf.registration import Registrator
 
 logger = logging.getLogger(__name__)
 
@@ -305,8 +306,6 @@ def register_files(
             only one of `moving_labels` and `moved_labels`.
         TypeError: the model is not a VoxelMorph model.
     """
-    from vxmtf.registration import Registrator
-
     start = time.perf_counter()
     if (moving_labels is None) != (moved_labels is None):
         raise ValueError(

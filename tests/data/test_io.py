@@ -89,6 +89,24 @@ def test_nifti_storage_dtype(tmp_path, values, stored):
     np.testing.assert_array_equal(image.affine, np.eye(4))
 
 
+@pytest.mark.parametrize("dtype", [np.int16, np.uint16, np.int32, np.float64])
+def test_nifti_storage_dtype_can_be_chosen(tmp_path, dtype):
+    array = np.resize(np.array([0, 3, 200], np.uint8), (2, 3, 4))  # would be stored as uint8
+    path = io.save_volume(tmp_path / "x.nii.gz", array, dtype=dtype)
+    image = nib.load(path)
+    assert image.get_data_dtype() == dtype
+    np.testing.assert_array_equal(np.asanyarray(image.dataobj), array)
+
+
+def test_chosen_storage_dtype_is_checked(tmp_path):
+    with pytest.raises(ValueError, match=r"do not fit the storage dtype int8 .*max=200"):
+        io.save_volume(tmp_path / "x.nii.gz", np.array([[[0, 200]]]), dtype=np.int8)
+    with pytest.raises(TypeError, match="integer storage dtype needs an integer array"):
+        io.save_volume(tmp_path / "x.nii.gz", np.array([[[0.5]]]), dtype=np.int16)
+    with pytest.raises(TypeError, match="integer or floating storage dtype"):
+        io.save_volume(tmp_path / "x.nii.gz", np.array([[[1]]]), dtype=np.complex64)
+
+
 def test_integer_labels_beyond_int32_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="int32"):
         io.save_volume(tmp_path / "x.nii.gz", np.array([[[2**40]]]))
