@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data", help="dataset JSON (Learn2Reg style) or folder/glob of images")
     p.add_argument("--label-dir", help="folder of label maps matched to images by file name")
-    p.add_argument("--pairs", metavar="CSV", help="CSV of moving,fixed[,moving_labels,fixed_labels]")
+    p.add_argument(
+        "--pairs", metavar="CSV", help="CSV of moving,fixed[,moving_labels,fixed_labels]"
+    )
     p.add_argument("--atlas", metavar="PATH", help="register every scan of --data to this atlas")
     p.add_argument(
         "--labels", type=int, nargs="+", metavar="L", help="labels to score (default: all present)"
@@ -93,7 +95,9 @@ def main(argv=None) -> int:
             synthetic_shape=args.synthetic_shape,
         )
         result = evaluation.evaluate(registrator, pairs, labels=args.labels, progress=args.progress)
-        summary = evaluation.write_results(result, args.out, model=registrator.model_path, data=data)
+        summary = evaluation.write_results(
+            result, args.out, model=registrator.model_path, data=data
+        )
         figures = evaluation.save_figures(result, args.out) if args.figures else []
     except (ImportError, OSError, ValueError, TypeError, IndexError) as error:
         print(f"error: {error}", file=sys.stderr)

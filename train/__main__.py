@@ -28,49 +28,112 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("data")
-    g.add_argument("--data", help="dataset JSON (Learn2Reg style) or folder/glob of images; "
-                   "omit for the built-in synthetic data")
+    g.add_argument(
+        "--data",
+        help="dataset JSON (Learn2Reg style) or folder/glob of images; "
+        "omit for the built-in synthetic data",
+    )
     g.add_argument("--labels", help="folder of label maps matched to images by file name")
     g.add_argument("--atlas", help="atlas image (fixed image of every pair with --mode atlas)")
-    g.add_argument("--mode", choices=("atlas", "pairs"), default=d.mode,
-                   help="scan-to-atlas or scan-to-scan (random pairs) training")
-    g.add_argument("--synthetic-shape", type=int, nargs="+", default=list(d.synthetic_shape),
-                   metavar="N", help="D H W (or H W for 2D) of the synthetic data")
-    g.add_argument("--downsample", type=int, default=d.downsample,
-                   help="integer downsampling factor of the volumes")
-    g.add_argument("--normalize", choices=("minmax", "percentile"), default=d.normalize,
-                   help="intensity normalisation to [0, 1]")
+    g.add_argument(
+        "--mode",
+        choices=("atlas", "pairs"),
+        default=d.mode,
+        help="scan-to-atlas or scan-to-scan (random pairs) training",
+    )
+    g.add_argument(
+        "--synthetic-shape",
+        type=int,
+        nargs="+",
+        default=list(d.synthetic_shape),
+        metavar="N",
+        help="D H W (or H W for 2D) of the synthetic data",
+    )
+    g.add_argument(
+        "--downsample",
+        type=int,
+        default=d.downsample,
+        help="integer downsampling factor of the volumes",
+    )
+    g.add_argument(
+        "--normalize",
+        choices=("minmax", "percentile"),
+        default=d.normalize,
+        help="intensity normalisation to [0, 1]",
+    )
     g.add_argument("--cache", action="store_true", help="cache preprocessed volumes in memory")
     g = p.add_argument_group("model")
-    g.add_argument("--enc", type=int, nargs="+", default=list(m.enc_features), metavar="F",
-                   help="encoder features per level")
-    g.add_argument("--dec", type=int, nargs="+", default=list(m.dec_features), metavar="F",
-                   help="decoder features")
-    g.add_argument("--int-steps", type=int, default=m.int_steps,
-                   help="scaling-and-squaring steps; 0 = the non-diffeomorphic CVPR 2018 model")
-    g.add_argument("--int-downsize", "--int-resolution", dest="int_resolution", type=int,
-                   default=m.int_resolution, help="velocity field resolution factor")
+    g.add_argument(
+        "--enc",
+        type=int,
+        nargs="+",
+        default=list(m.enc_features),
+        metavar="F",
+        help="encoder features per level",
+    )
+    g.add_argument(
+        "--dec",
+        type=int,
+        nargs="+",
+        default=list(m.dec_features),
+        metavar="F",
+        help="decoder features",
+    )
+    g.add_argument(
+        "--int-steps",
+        type=int,
+        default=m.int_steps,
+        help="scaling-and-squaring steps; 0 = the non-diffeomorphic CVPR 2018 model",
+    )
+    g.add_argument(
+        "--int-downsize",
+        "--int-resolution",
+        dest="int_resolution",
+        type=int,
+        default=m.int_resolution,
+        help="velocity field resolution factor",
+    )
     g.add_argument("--bidir", action="store_true", help="bidirectional (symmetric) image loss")
     g = p.add_argument_group("training")
     g.add_argument("--image-loss", choices=("ncc", "mse"), default=t.image_loss)
-    g.add_argument("--lambda", dest="reg_weight", type=float, default=None,
-                   help="smoothness weight (default: 1.0 for ncc, 0.01 for mse, as in the paper)")
-    g.add_argument("--seg-weight", type=float, default=t.seg_weight,
-                   help="weight of the soft Dice on warped label maps (semi-supervised; needs labels)")
+    g.add_argument(
+        "--lambda",
+        dest="reg_weight",
+        type=float,
+        default=None,
+        help="smoothness weight (default: 1.0 for ncc, 0.01 for mse, as in the paper)",
+    )
+    g.add_argument(
+        "--seg-weight",
+        type=float,
+        default=t.seg_weight,
+        help="weight of the soft Dice on warped label maps (semi-supervised; needs labels)",
+    )
     g.add_argument("--epochs", type=int, default=t.epochs)
     g.add_argument("--steps-per-epoch", type=int, default=t.steps_per_epoch)
     g.add_argument("--batch-size", type=int, default=t.batch_size, help="per replica")
     g.add_argument("--lr", type=float, default=t.lr, help="Adam learning rate")
     g.add_argument("--seed", type=int, default=t.seed)
     g.add_argument("--model-dir", default=t.model_dir, help="output folder")
-    g.add_argument("--save-every", type=int, default=t.save_every,
-                   help="also save the resumable state every N steps (0: each epoch)")
-    g.add_argument("--mixed-precision", action="store_true",
-                   help="float16 (GPU) / bfloat16 (CPU) compute with float32 fields")
+    g.add_argument(
+        "--save-every",
+        type=int,
+        default=t.save_every,
+        help="also save the resumable state every N steps (0: each epoch)",
+    )
+    g.add_argument(
+        "--mixed-precision",
+        action="store_true",
+        help="float16 (GPU) / bfloat16 (CPU) compute with float32 fields",
+    )
     g.add_argument("--xla", action="store_true", help="compile the training step with XLA")
     g.add_argument("--resume", action="store_true", help="continue the run in --model-dir")
-    g.add_argument("--no-export", dest="export", action="store_false",
-                   help="skip the SavedModel export at the end")
+    g.add_argument(
+        "--no-export",
+        dest="export",
+        action="store_false",
+        help="skip the SavedModel export at the end",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     return p
 
@@ -135,7 +198,10 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"Trained model: {result.model_dir / 'last.keras'} (best: {result.model_dir / 'best.keras'})")
+    print(
+        f"Trained model: {result.model_dir / 'last.keras'} "
+        f"(best: {result.model_dir / 'best.keras'})"
+    )
     if result.export_path is not None:
         print(f"SavedModel for TF Serving: {result.export_path}")
     print(f"Wall time: {result.seconds:.0f} s")

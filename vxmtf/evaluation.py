@@ -424,7 +424,10 @@ def evaluate(registrator, pairs: Sequence[PairSource], labels=None, progress=Tru
             }
         )
         logger.info(
-            "pair %d: Dice %.3f -> %.3f", index, per_pair[-1]["dice_before"], per_pair[-1]["dice_after"]
+            "pair %d: Dice %.3f -> %.3f",
+            index,
+            per_pair[-1]["dice_before"],
+            per_pair[-1]["dice_after"],
         )
         if example is None:
             example = _middle_slices({**pair, **metrics})
@@ -630,6 +633,8 @@ def save_figures(evaluation: Evaluation, out_dir) -> list[Path]:
     paths = [plot_dice_boxes(evaluation.records, out_dir / "dice_boxplot.png")]
     if evaluation.example is not None:
         first = evaluation.pairs[0]
-        title = f"pair 0: {Path(first['moving']).name} -> {Path(first['fixed']).name} (middle slice)"
+        title = (
+            f"pair 0: {Path(first['moving']).name} -> {Path(first['fixed']).name} (middle slice)"
+        )
         paths.append(plot_example(evaluation.example, out_dir / "example_pair.png", title))
     return paths

@@ -79,7 +79,9 @@ def resolve_model_path(path) -> Path:
     elif (path / "saved_model.pb").is_file():
         return path
     else:
-        versions = [p for p in path.iterdir() if p.name.isdigit() and (p / "saved_model.pb").is_file()]
+        versions = [
+            p for p in path.iterdir() if p.name.isdigit() and (p / "saved_model.pb").is_file()
+        ]
         if versions:
             return max(versions, key=lambda p: int(p.name))
         for name in ("best.keras", "last.keras"):

@@ -17,6 +17,7 @@ if which == "two-cpus":
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 from vxmtf.training import DataConfig, ModelConfig, RunConfig, TrainConfig, train  # noqa: E402
+from vxmtf.training.strategy import make_strategy  # noqa: E402
 
 config = RunConfig(
     data=DataConfig(synthetic_shape=(32, 32), val_pairs=0),
@@ -30,11 +31,13 @@ config = RunConfig(
         export=False,
     ),
 )
-strategy = None
-if which == "two-cpus":
+if which == "auto":
+    strategy = make_strategy()
+elif which == "two-cpus":
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 elif which == "one-cpu":
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
 result = train(config, strategy=strategy)
-replicas = (strategy or tf.distribute.get_strategy()).num_replicas_in_sync
-np.savez(out, replicas=replicas, *[w.numpy() for w in result.model.weights])
+replicas = strategy.num_replicas_in_sync
+arrays = {f"arr_{i}": w.numpy() for i, w in enumerate(result.model.weights)}
+np.savez(out, replicas=replicas, **arrays)

@@ -222,6 +222,7 @@ def test_killed_run_resumes_from_its_last_state(tmp_path):
         time.sleep(0.2)
     process.send_signal(signal.SIGKILL)
     process.wait()
+    process.stderr.close()
     epoch, step, _ = state.latest()
     assert epoch < 4, "the run finished before it could be killed"
     for _, _, path in state.checkpoints():  # every file under a final name is complete

@@ -38,7 +38,9 @@ class SpatialTransformer(keras.layers.Layer):
                 f"Received: interpolation={interpolation!r}"
             )
         if fill_value is not None and not isinstance(fill_value, (int, float)):
-            raise ValueError(f"`fill_value` must be None or a number. Received: fill_value={fill_value!r}")
+            raise ValueError(
+                f"`fill_value` must be None or a number. Received: fill_value={fill_value!r}"
+            )
         self.interpolation = interpolation
         self.fill_value = fill_value
 

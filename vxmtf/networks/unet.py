@@ -127,5 +127,7 @@ def _feature_list(features, name):
     if not features or any(
         isinstance(f, bool) or not isinstance(f, int) or f <= 0 for f in features
     ):
-        raise ValueError(f"`{name}` must be a non-empty list of positive ints. Received: {name}={features}")
+        raise ValueError(
+            f"`{name}` must be a non-empty list of positive ints. Received: {name}={features}"
+        )
     return features

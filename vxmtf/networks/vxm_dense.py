@@ -59,14 +59,17 @@ class VxmDense(keras.Model):
         # Inputs checked.
         inshape = check_inshape(inshape, levels=len(list(enc_features)))
         if isinstance(int_steps, bool) or not isinstance(int_steps, int) or int_steps < 0:
-            raise ValueError(f"`int_steps` must be an integer >= 0. Received: int_steps={int_steps!r}")
+            raise ValueError(
+                f"`int_steps` must be an integer >= 0. Received: int_steps={int_steps!r}"
+            )
         if (
             isinstance(int_resolution, bool)
             or not isinstance(int_resolution, int)
             or int_resolution < 1
         ):
             raise ValueError(
-                f"`int_resolution` must be an integer >= 1. Received: int_resolution={int_resolution!r}"
+                "`int_resolution` must be an integer >= 1. "
+                f"Received: int_resolution={int_resolution!r}"
             )
         for size in inshape:
             if int_steps and size is not None and size % int_resolution:
@@ -101,7 +104,11 @@ class VxmDense(keras.Model):
         flow = flow_head(unet(pair))
         outputs = {}
         if integrate:
-            velocity = RescaleTransform(1 / int_resolution, name="velocity_resize")(flow) if coarse else flow
+            velocity = (
+                RescaleTransform(1 / int_resolution, name="velocity_resize")(flow)
+                if coarse
+                else flow
+            )
             displacement = self._integrate(velocity, int_steps, int_resolution, "")
             outputs["preint_flow"] = velocity
         else:
@@ -115,7 +122,9 @@ class VxmDense(keras.Model):
                 inverse = self._integrate(negative, int_steps, int_resolution, "inverse_")
             else:
                 inverse = keras.layers.Rescaling(-1.0, dtype="float32", name="negate")(flow)
-            outputs["inverse_moved"] = SpatialTransformer(name="inverse_transformer")(fixed, inverse)
+            outputs["inverse_moved"] = SpatialTransformer(name="inverse_transformer")(
+                fixed, inverse
+            )
             outputs["inverse_displacement"] = inverse
         super().__init__(inputs=[moving, fixed], outputs=outputs, **kwargs)
 
@@ -131,7 +140,9 @@ class VxmDense(keras.Model):
     def _integrate(velocity, steps, resolution, prefix):
         displacement = VecInt(steps, name=f"{prefix}integrate")(velocity)
         if resolution > 1:
-            displacement = RescaleTransform(resolution, name=f"{prefix}displacement_resize")(displacement)
+            displacement = RescaleTransform(resolution, name=f"{prefix}displacement_resize")(
+                displacement
+            )
         return displacement
 
     def get_config(self):

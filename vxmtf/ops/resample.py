@@ -20,7 +20,8 @@ INTERPOLATIONS = ("linear", "nearest")
 def _check_interpolation(interpolation):
     if interpolation not in INTERPOLATIONS:
         raise ValueError(
-            f"`interpolation` must be one of {INTERPOLATIONS}. Received: interpolation={interpolation!r}"
+            f"`interpolation` must be one of {INTERPOLATIONS}. "
+            f"Received: interpolation={interpolation!r}"
         )
 
 
@@ -137,12 +138,14 @@ def warp(image, displacement, interpolation="linear", fill_value=None):
     displacement = tf.convert_to_tensor(displacement)
     displacement = tf.cast(displacement, coordinate_dtype(displacement.dtype))
     ndim = displacement.shape[-1]
-    grid = identity_grid(tf.shape(displacement)[1 : ndim + 1], displacement.dtype)  # (*spatial, ndim)
+    grid = identity_grid(
+        tf.shape(displacement)[1 : ndim + 1], displacement.dtype
+    )  # (*spatial, ndim)
     return resample(image, grid + displacement, interpolation, fill_value)
 
 
 def coordinate_dtype(dtype):
-    """float64 stays float64; every other dtype (float16, bfloat16, integers) computes in float32."""
+    """float64 stays float64; any other dtype (float16, bfloat16, integers) computes in float32."""
     return tf.float64 if dtype == tf.float64 else tf.float32
 
 

@@ -37,9 +37,7 @@ def rescale_field(field, factor=None, out_shape=None):
         out_sizes = tf.convert_to_tensor(out_shape, dtype=tf.int32)
     scale = tf.cast(out_sizes, tf.float32) / tf.cast(in_sizes, tf.float32)  # (ndim,)
     # Per-axis sample positions, broadcast into (*out_spatial, ndim) coordinates.
-    axes = [
-        (tf.range(out_sizes[k], dtype=tf.float32) + 0.5) / scale[k] - 0.5 for k in range(ndim)
-    ]
+    axes = [(tf.range(out_sizes[k], dtype=tf.float32) + 0.5) / scale[k] - 0.5 for k in range(ndim)]
     coords = tf.stack(tf.meshgrid(*axes, indexing="ij"), axis=-1)
     coords = tf.broadcast_to(coords[None], tf.concat([tf.shape(field)[:1], tf.shape(coords)], 0))
     return resample(field, coords) * scale

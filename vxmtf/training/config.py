@@ -96,7 +96,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.image_loss not in IMAGE_LOSSES:
             raise ValueError(
-                f"`image_loss` must be one of {IMAGE_LOSSES}. Received: image_loss={self.image_loss!r}"
+                f"`image_loss` must be one of {IMAGE_LOSSES}. "
+                f"Received: image_loss={self.image_loss!r}"
             )
         if self.reg_weight is None:
             self.reg_weight = DEFAULT_LAMBDA[self.image_loss]

@@ -46,5 +46,7 @@ def _cluster_size() -> int:
     try:
         cluster = json.loads(raw).get("cluster", {})
     except json.JSONDecodeError as error:
-        raise ValueError(f"TF_CONFIG is not valid JSON ({error}). Received: TF_CONFIG={raw!r}") from None
+        raise ValueError(
+            f"TF_CONFIG is not valid JSON ({error}). Received: TF_CONFIG={raw!r}"
+        ) from None
     return sum(len(tasks) for tasks in cluster.values())

@@ -106,7 +106,9 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy | None = None) -> 
         from vxmtf.export import export_saved_model
 
         export_path = export_saved_model(model, model_dir / "export", model_name="vxm")
-    return TrainResult(model, history, model_dir, export_path, initial_epoch, time.perf_counter() - start)
+    return TrainResult(
+        model, history, model_dir, export_path, initial_epoch, time.perf_counter() - start
+    )
 
 
 def _training_model(model: VxmDense, config: RunConfig, num_classes: int):
@@ -138,8 +140,56 @@ def _training_model(model: VxmDense, config: RunConfig, num_classes: int):
         losses["moved_seg"] = Dice()
         weights["moved_seg"] = cfg.seg_weight
     keep = {name: outputs[name] for name in losses}
-    trainer_model = keras.Model(inputs=inputs, outputs=keep, name="vxm_trainer")
+    trainer_model = _TrainerModel(inputs=inputs, outputs=keep, name="vxm_trainer")
     return trainer_model, losses, weights
+
+
+class _TrainerModel(keras.Model):
+    """The functional training wrapper, with two fixes for `MultiWorkerMirroredStrategy`.
+
+    Keras 3's `fit` (TensorFlow backend, as of Keras 3.15) fails on every multi-worker run
+    (keras-team/keras#20585):
+
+    1. Before the first step it builds the model from the first distributed batch, collapsed
+       with `strategy.reduce("MEAN", batch, axis=None)`, which `MultiWorkerMirroredStrategy`
+       cannot do for a nested structure ("Attempt to convert a value ({'moving': PerReplica...
+       ... to a Tensor"). Building needs only shapes and dtypes, so this worker's first
+       replica's batch serves as well.
+    2. It averages each step's logs over replicas with `strategy.reduce("MEAN", v, axis=0)`,
+       which fails for the scalar losses ("Invalid reduction dimension 0 for input with 0
+       dimensions"). Under that strategy the steps return each log as a 1-element vector, whose
+       mean over axis 0 across replicas is the scalar Keras expects.
+
+    Other strategies take Keras's own path unchanged. Never saved: `train` saves the
+    registration model inside it.
+    """
+
+    def _multi_worker(self):
+        return isinstance(self._distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if iterator is not None and data_batch is None and self._multi_worker():
+            strategy = self._distribute_strategy
+            for _, _, batches in iterator:
+                # Structure of PerReplica values -> the same structure of this worker's tensors.
+                data_batch = tf.nest.map_structure(
+                    lambda value: strategy.experimental_local_results(value)[0], next(batches)
+                )
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def train_step(self, data):
+        return self._vector_logs(super().train_step(data))
+
+    def test_step(self, data):
+        return self._vector_logs(super().test_step(data))
+
+    def _vector_logs(self, logs):
+        if not self._multi_worker():
+            return logs
+        # Each scalar log -> shape (1,): Keras reduces it with a mean over axis 0 (see above).
+        return {name: tf.reshape(value, [1]) for name, value in logs.items()}
 
 
 def _check_model_dir(model_dir: Path, config: RunConfig, state: TrainingState) -> None:
