@@ -279,4 +279,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from vxmtf.launch import run_main
+
+    run_main("vxmtf.export", main)

@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -54,6 +53,7 @@ import numpy as np
 from scipy import ndimage
 
 from vxmtf.data.io import NPZ_AFFINE_KEY, Volume, file_kind, load_volume, save_volume
+from vxmtf.launch import run_main
 from vxmtf.registration import Registrator
 
 logger = logging.getLogger(__name__)
@@ -427,12 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Parses the arguments and calls `register_files`; returns 0, or 2 on an error.
 
-    Sets `TF_ENABLE_ONEDNN_OPTS=1` unless the environment says otherwise, as `python -m train`
-    does. TensorFlow reads it when it is first imported, which `python -m vxmtf.register` does
-    while importing the `vxmtf` package, before this function runs: export the variable in the
-    shell for it to take effect on CPUs where TensorFlow leaves oneDNN off by default.
+    Run as `python -m vxmtf.register`, the process uses TensorFlow's oneDNN CPU kernels unless
+    `TF_ENABLE_ONEDNN_OPTS` says otherwise (see `vxmtf.launch`).
     """
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -466,4 +463,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_main("vxmtf.register", main)

@@ -1,0 +1,68 @@
+"""`vxmtf.launch.run_main`: turns oneDNN on for `python -m vxmtf.<tool>` unless the user chose."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vxmtf import launch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Exec(Exception):
+    """Raised by the fake `os.execv` so that the test sees the call and stops there."""
+
+
+def fake_execv(path, args):
+    raise Exec(path, args, os.environ.get(launch.ONEDNN))
+
+
+@pytest.fixture
+def argv(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["ignored", "--model", "m.keras"])
+    monkeypatch.setattr(os, "execv", fake_execv)
+    monkeypatch.delenv(launch.ONEDNN, raising=False)
+
+
+def test_restarts_with_onednn_when_it_is_off_and_unset(argv, monkeypatch):
+    monkeypatch.setattr(launch, "onednn_enabled", lambda: False)
+    with pytest.raises(Exec) as call:
+        launch.run_main("vxmtf.register", lambda: pytest.fail("main ran before the restart"))
+    path, args, value = call.value.args
+    assert path == sys.executable
+    assert args == [sys.executable, "-m", "vxmtf.register", "--model", "m.keras"]
+    assert value == "1"
+
+
+@pytest.mark.parametrize(("user", "enabled"), [("0", False), ("1", True), (None, True)])
+def test_runs_main_in_place_otherwise(argv, monkeypatch, user, enabled):
+    if user is not None:
+        monkeypatch.setenv(launch.ONEDNN, user)
+    monkeypatch.setattr(launch, "onednn_enabled", lambda: enabled)
+    with pytest.raises(SystemExit) as exit_:
+        launch.run_main("vxmtf.register", lambda: 3)
+    assert exit_.value.code == 3
+    assert os.environ.get(launch.ONEDNN) == user  # the user's choice is left as it was
+
+
+def test_reports_this_process_setting():
+    # TensorFlow decided at import, from the environment this test process started with.
+    expected = os.environ.get(launch.ONEDNN)
+    enabled = launch.onednn_enabled()
+    assert enabled in (True, False)
+    if expected in ("0", "1"):
+        assert enabled == (expected == "1")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("value", ["0", "1"])
+def test_a_fresh_process_follows_the_variable(value):
+    code = "from vxmtf.launch import onednn_enabled; print(onednn_enabled())"
+    env = {**os.environ, launch.ONEDNN: value, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.stdout.strip().splitlines()[-1] == str(value == "1")
