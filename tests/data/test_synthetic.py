@@ -1,7 +1,5 @@
 """Tests for vxmtf.data.synthetic: determinism, shapes, labels, realism of the pairs."""
 
-import time
-
 import numpy as np
 import pytest
 
@@ -122,14 +120,3 @@ def test_bounded_size_and_errors():
         SyntheticPairs((16, 16), num_labels=0)
     with pytest.raises(ValueError, match="deformation"):
         SyntheticPairs((16, 16), deformation=-1.0)
-
-
-def test_speed_small_3d():
-    pairs = SyntheticPairs((32, 32, 32), num_labels=12, seed=0)
-    pairs.pair(0)
-    start = time.perf_counter()
-    for index in range(1, 6):
-        pairs.pair(index)
-    seconds = (time.perf_counter() - start) / 5
-    # Typically ~0.04 s; the bound leaves room for a loaded machine.
-    assert seconds < 0.5
