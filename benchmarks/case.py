@@ -1,0 +1,132 @@
+"""`python -m benchmarks.case NAME`: run one benchmark case in this process, write its JSON.
+
+Case names (see `parse_case`):
+
+    train-80x96x112-int7       training step, VxmDense(80x96x112, int_steps=7)
+    register-160x192x224-int0  registration (one forward pass)
+    breakdown-80x96x112-int7   a training step timed part by part
+    pipeline-ds2               the tf.data pipeline on LPBA40, downsampled 2x
+    peak                       the machine's float32 matmul and Conv3D throughput
+
+`train`, `register` and `breakdown` names take optional suffixes `+xla` (compile with XLA,
+`jit_compile=True`) and `+bf16` (Keras policy `mixed_bfloat16`). The peak resident memory of
+the process (`ru_maxrss`, which includes TensorFlow itself) is added to the result, in GB
+(10^9 bytes). The harness (`python -m benchmarks`) runs every case in its own process.
+"""
+
+import os
+
+# Before TensorFlow is imported (vxmtf and the workloads import it).
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import resource  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+KINDS = ("train", "register", "breakdown", "pipeline", "peak")
+FLAGS = ("xla", "bf16")
+DEFAULT_DATASET = "/work/shared/data/LPBA40/LPBA40_dataset.json"
+
+
+def parse_case(name):
+    """Split a case name into its parts.
+
+    Returns:
+        A dict with `kind` and, by kind, `shape` (tuple), `int_steps`, `xla`, `bf16`
+        (train/register/breakdown) or `downsample` (pipeline).
+
+    Raises:
+        ValueError: a name that does not follow the grammar of the module docstring.
+    """
+    base, *flags = name.split("+")
+    parts = base.split("-")
+    kind = parts[0]
+    spec = {"name": name, "kind": kind}
+    try:
+        if kind in ("train", "register", "breakdown"):
+            _, shape, steps = parts
+            if not steps.startswith("int") or set(flags) - set(FLAGS):
+                raise ValueError
+            spec["shape"] = tuple(int(s) for s in shape.split("x"))
+            spec["int_steps"] = int(steps[3:])
+            spec.update({flag: flag in flags for flag in FLAGS})
+        elif kind == "pipeline":
+            _, ds = parts
+            if not ds.startswith("ds") or flags:
+                raise ValueError
+            spec["downsample"] = int(ds[2:])
+        elif kind != "peak" or len(parts) != 1 or flags:
+            raise ValueError
+    except ValueError:
+        raise ValueError(
+            "Expected a case name like train-80x96x112-int7[+xla][+bf16], "
+            "register-160x192x224-int0, breakdown-80x96x112-int7, pipeline-ds2 or peak. "
+            f"Received: {name!r}"
+        ) from None
+    return spec
+
+
+def peak_memory_gb():
+    """Peak resident memory of this process so far, in GB (Linux `ru_maxrss` is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+
+def run_case(spec, repeats, warmup, quick=False, dataset=DEFAULT_DATASET):
+    """Run the workload `spec` names (`parse_case`) and return its result dict."""
+    import keras
+
+    from benchmarks import workloads
+
+    if spec.get("bf16"):
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    kind = spec["kind"]
+    if kind == "train":
+        return workloads.train_workload(
+            spec["shape"], spec["int_steps"], repeats, warmup, xla=spec["xla"]
+        )
+    if kind == "register":
+        if spec["xla"]:
+            raise ValueError(f"XLA is only a training switch here. Received: {spec['name']}")
+        return workloads.register_workload(spec["shape"], spec["int_steps"], repeats, warmup)
+    if kind == "breakdown":
+        from benchmarks.breakdown import breakdown_workload
+
+        return breakdown_workload(spec["shape"], spec["int_steps"], repeats, warmup)
+    if kind == "pipeline":
+        if not Path(dataset).is_file():
+            return {"skipped": f"dataset not found: {dataset}"}
+        pairs = 4 if quick else 40 // spec["downsample"] + 10
+        return workloads.pipeline_workload(dataset, spec["downsample"], pairs, warmup=3)
+    if quick:
+        return workloads.peak_workload(1024, (32, 32, 32), repeats=2)
+    return workloads.peak_workload(4096, (80, 96, 112), repeats=max(repeats, 5))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("name", help="case name, e.g. train-80x96x112-int7")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs (default 5)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
+    parser.add_argument("--quick", action="store_true", help="small peak and pipeline runs")
+    parser.add_argument("--dataset", default=DEFAULT_DATASET, help="dataset JSON for pipeline")
+    parser.add_argument("--json", required=True, help="where to write the result")
+    args = parser.parse_args(argv)
+    spec = parse_case(args.name)
+    start = time.perf_counter()
+    result = run_case(spec, args.repeats, args.warmup, args.quick, args.dataset)
+    result.update(
+        case=args.name,
+        spec={k: list(v) if isinstance(v, tuple) else v for k, v in spec.items()},
+        peak_gb=peak_memory_gb(),
+        wall_seconds=time.perf_counter() - start,
+    )
+    Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

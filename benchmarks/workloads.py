@@ -1,0 +1,176 @@
+"""The measured workloads: a training step, a registration, the data pipeline, a machine peak.
+
+Each `*_workload` function builds what it measures in the current process, times it and returns
+a JSON-ready dict; `benchmarks.case` runs exactly one of them per process so that the peak
+resident memory belongs to that workload alone. Timings are wall-clock seconds of complete,
+synchronous calls (the results are brought back to NumPy), after untimed warm-up calls that
+trace, compile and allocate.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from benchmarks.flops import TRAIN_FACTOR, conv_flops
+from vxmtf.networks import VxmDense
+from vxmtf.training.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from vxmtf.training.data import TrainingData
+
+# The training model (losses, loss weights, the Grad multiplier for a half-resolution velocity)
+# is built exactly as `vxmtf.training.train` builds it.
+from vxmtf.training.trainer import _training_model
+
+__all__ = [
+    "build_trainer",
+    "peak_workload",
+    "pipeline_workload",
+    "random_pair",
+    "register_workload",
+    "time_calls",
+    "train_workload",
+]
+
+
+def time_calls(fn, repeats, warmup):
+    """Run `fn()` `warmup` times untimed, then `repeats` times timed.
+
+    Returns:
+        `{"median", "min", "max"}` seconds and `"times"`, the list of timed seconds.
+    """
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return {
+        "median": statistics.median(times),
+        "min": min(times),
+        "max": max(times),
+        "times": times,
+    }
+
+
+def random_pair(shape, seed=0):
+    """A `(moving, fixed)` pair of `(1, *shape, 1)` float32 tensors in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    fixed = rng.uniform(size=(1, *shape, 1)).astype(np.float32)
+    moving = np.roll(fixed, 2, axis=1) * 0.9 + 0.1 * rng.uniform(size=fixed.shape)
+    return tf.constant(moving.astype(np.float32)), tf.constant(fixed)
+
+
+def build_trainer(shape, int_steps, xla=False):
+    """The default VoxelMorph model at `shape` and its compiled training wrapper.
+
+    Encoder 16-32-32-32, decoder 32-32-32-32-32-16-16, NCC (window 9) on `moved` with weight 1
+    plus Grad("l2") on `preint_flow` with weight 1 (times `int_resolution` = 2 when integrating),
+    Adam 1e-4: `vxmtf.training.trainer._training_model` with a default `RunConfig`.
+
+    Returns:
+        `(model, trainer, config)`.
+    """
+    config = RunConfig(model=ModelConfig(int_steps=int_steps), train=TrainConfig(xla=xla))
+    model = VxmDense(tuple(shape), **config.model.kwargs(), name="vxm_dense")
+    trainer, losses, weights = _training_model(model, config, num_classes=0)
+    trainer.compile(
+        optimizer=keras.optimizers.Adam(config.train.lr),
+        loss=losses,
+        loss_weights=weights,
+        jit_compile=xla,
+    )
+    return model, trainer, config
+
+
+def train_workload(shape, int_steps, repeats, warmup, xla=False):
+    """Seconds per `train_on_batch` step on one repeated pair, and achieved GFLOP/s."""
+    model, trainer, _ = build_trainer(shape, int_steps, xla)
+    moving, fixed = random_pair(shape)
+    x = {"moving": moving, "fixed": fixed}
+    y = {"moved": fixed, "preint_flow": tf.zeros([1, 1])}  # Grad ignores its target
+    losses = []
+
+    def step():
+        logs = trainer.train_on_batch(x, y, return_dict=True)
+        losses.append(float(logs["loss"]))
+
+    result = time_calls(step, repeats, warmup)
+    forward, _ = conv_flops(model)
+    result["flops"] = TRAIN_FACTOR * forward
+    result["gflops_per_s"] = result["flops"] / result["median"] / 1e9
+    result["losses"] = losses  # NaN is kept (JSON NaN) and flagged in the report
+    result["finite_losses"] = bool(np.all(np.isfinite(losses)))
+    return result
+
+
+def register_workload(shape, int_steps, repeats, warmup):
+    """Seconds per registration (`predict_on_batch`, one forward pass), and GFLOP/s."""
+    model = VxmDense(tuple(shape), int_steps=int_steps, name="vxm_dense")
+    moving, fixed = random_pair(shape)
+
+    def register():
+        out = model.predict_on_batch([moving, fixed])
+        np.asarray(out["moved"]).ravel()[:1]
+
+    result = time_calls(register, repeats, warmup)
+    result["flops"], _ = conv_flops(model)
+    result["gflops_per_s"] = result["flops"] / result["median"] / 1e9
+    return result
+
+
+def pipeline_workload(dataset, downsample, pairs, warmup):
+    """Pairs per second delivered by the training `tf.data` pipeline on real files.
+
+    The pipeline is the one `vxmtf.training.train` feeds to `fit` for
+    `RunConfig(DataConfig(data=dataset, downsample=downsample))` (scan-to-scan pairs, files read
+    and preprocessed in parallel, prefetched), consumed alone: nothing else runs meanwhile.
+    """
+    config = RunConfig(data=DataConfig(data=str(dataset), downsample=downsample))
+    data = TrainingData(config)
+    iterator = iter(data.dataset(batch_size=1, seed=0))
+    for _ in range(warmup):
+        next(iterator)
+    start = time.perf_counter()
+    for _ in range(pairs):
+        x, _ = next(iterator)
+        x["moving"].numpy().ravel()[:1]
+    seconds = time.perf_counter() - start
+    return {
+        "shape": list(data.shape),
+        "pairs": pairs,
+        "seconds": seconds,
+        "pairs_per_s": pairs / seconds,
+    }
+
+
+def peak_workload(matmul_size, conv_shape, repeats):
+    """The machine's float32 peak, best of `repeats`: a square matmul and a 32->32 Conv3D.
+
+    The matmul (`2 n^3` FLOPs) is the reference peak. The Conv3D (3^3 kernel, 32 channels in and
+    out, batch 1, `conv_shape` voxels, as in the U-Net's full-resolution decoder) shows what
+    oneDNN's convolutions reach on this machine.
+    """
+    n = int(matmul_size)
+    a = tf.random.uniform([n, n])
+    b = tf.random.uniform([n, n])
+    matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
+    matmul_time = time_calls(lambda: matmul().numpy(), repeats, warmup=1)["min"]
+
+    x = tf.random.uniform([1, *conv_shape, 32])
+    kernel = tf.random.normal([3, 3, 3, 32, 32])
+    conv = tf.function(
+        lambda: tf.reduce_sum(tf.nn.conv3d(x, kernel, strides=[1] * 5, padding="SAME"))
+    )
+    conv_time = time_calls(lambda: conv().numpy(), repeats, warmup=1)["min"]
+    conv_flop = 2 * 27 * 32 * 32 * int(np.prod(conv_shape))
+    return {
+        "matmul_size": n,
+        "matmul_gflops_per_s": 2 * n**3 / matmul_time / 1e9,
+        "conv3d_shape": list(conv_shape),
+        "conv3d_gflops_per_s": conv_flop / conv_time / 1e9,
+    }

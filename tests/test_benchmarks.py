@@ -1,0 +1,157 @@
+"""The benchmark harness (`python -m benchmarks`): FLOP counter, case names, report, smoke run."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.case import parse_case
+from benchmarks.flops import TRAIN_FACTOR, conv_flops
+from benchmarks.harness import default_cases, select_cases, with_flags
+from benchmarks.report import markdown, pipeline_ratio
+from vxmtf.networks import VxmDense
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _conv(kernel_voxels, c_in, c_out, voxels):
+    return 2 * kernel_voxels * c_in * c_out * voxels
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_conv_flops_matches_a_hand_count(ndim):
+    # Encoder 4, decoder 4 then 2, on a 4^ndim input. By hand, with k = 3^ndim, v = 4^ndim:
+    #   enc_conv_0    2 -> 4 at 4^ndim
+    #   dec_conv_0    4 -> 4 at 2^ndim (after one 2x pooling)
+    #   final_conv_0  8 -> 2 at 4^ndim (4 upsampled + 4 skip channels)
+    #   flow          2 -> ndim at 4^ndim
+    model = VxmDense((4,) * ndim, enc_features=(4,), dec_features=(4, 2), int_steps=0)
+    k, v = 3**ndim, 4**ndim
+    expected = {
+        "enc_conv_0": _conv(k, 2, 4, v),
+        "dec_conv_0": _conv(k, 4, 4, 2**ndim),
+        "final_conv_0": _conv(k, 8, 2, v),
+        "flow": _conv(k, 2, ndim, v),
+    }
+    total, per_layer = conv_flops(model)
+    assert per_layer == expected
+    assert total == (110592 if ndim == 3 else 9216)  # the same sums, written out
+    assert conv_flops(model, batch=2)[0] == 2 * total
+
+
+def test_conv_flops_of_the_default_network_is_about_5_gflop_per_32_cube():
+    # Dominated by the full-resolution decoder: 48->32, 32->16, 16->16 and the flow head.
+    total, per_layer = conv_flops(VxmDense((32, 32, 32), int_steps=7))
+    assert len(per_layer) == 12
+    full = 32**3 * 2 * 27 * (48 * 32 + 32 * 16 + 16 * 16 + 16 * 3)
+    assert full < total < 1.2 * full
+    assert math.isclose(total / 1e9, 4.88, rel_tol=0.01)
+    assert TRAIN_FACTOR == 3
+
+
+def test_conv_flops_needs_known_sizes():
+    with pytest.raises(ValueError, match="known spatial sizes"):
+        conv_flops(VxmDense((None, None, None), int_steps=0))
+
+
+def test_parse_case():
+    spec = parse_case("train-80x96x112-int7+xla")
+    assert spec["kind"] == "train"
+    assert spec["shape"] == (80, 96, 112)
+    assert spec["int_steps"] == 7
+    assert spec["xla"] and not spec["bf16"]
+    assert parse_case("pipeline-ds2")["downsample"] == 2
+    assert parse_case("peak")["kind"] == "peak"
+    for bad in ("train-80x96x112", "train-80x96x112-int7+fast", "pipeline-2", "fly", "peak+xla"):
+        with pytest.raises(ValueError, match="Expected a case name"):
+            parse_case(bad)
+
+
+def test_default_cases_parse_and_select():
+    for quick in (False, True):
+        cases = default_cases(quick)
+        assert len(cases) == len(set(cases))
+        for name in cases:
+            parse_case(name)
+    assert "train-160x192x224-int7" in default_cases()
+    assert select_cases(["train-80*"]) == [
+        "train-80x96x112-int0",
+        "train-80x96x112-int7",
+        "train-80x96x80-int7",
+        "train-80x96x112-int7+xla",
+        "train-80x96x112-int7+bf16",
+    ]
+    assert select_cases(["train-64x64x64-int0"]) == ["train-64x64x64-int0"]
+    with pytest.raises(ValueError, match="No case matches"):
+        select_cases(["nothing*"])
+    assert with_flags("train-32x32x32-int0", True, True) == "train-32x32x32-int0+xla+bf16"
+    assert with_flags("register-32x32x32-int0", True, False) == "register-32x32x32-int0"
+    assert with_flags("peak", True, True) == "peak"
+
+
+def test_report_pipeline_ratio_and_tables():
+    results = {
+        "machine": {
+            "cpu": "CPU",
+            "cores": 2,
+            "memory_gb": 8.0,
+            "python": "3",
+            "tensorflow": "2",
+            "keras": "3",
+            "onednn": True,
+            "TF_ENABLE_ONEDNN_OPTS": "1",
+            "date": "today",
+        },
+        "commands": ["python -m benchmarks"],
+        "cases": {
+            "train-80x96x80-int7": {
+                "spec": parse_case("train-80x96x80-int7"),
+                "median": 2.0,
+                "min": 1.9,
+                "max": 2.1,
+                "peak_gb": 1.5,
+                "gflops_per_s": 50.0,
+            },
+            "pipeline-ds2": {
+                "spec": parse_case("pipeline-ds2"),
+                "shape": [80, 96, 80],
+                "pairs_per_s": 4.0,
+                "peak_gb": 0.9,
+            },
+        },
+    }
+    step, ratio = pipeline_ratio(results, results["cases"]["pipeline-ds2"])
+    assert (step, ratio) == (2.0, 8.0)
+    text = markdown(results)
+    assert "| training step | 80x96x80 | 7 | - | 2.000 | 1.900 | 2.100 | 1.50 | 50.0 | - |" in text
+    assert "| downsample 2 | 80x96x80 | 4.00 | 0.90 | 2.00 | 8.0x |" in text
+
+
+def test_quick_run_writes_positive_results(tmp_path):
+    case = "train-32x32x32-int0"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--cases", case, "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    machine = results["machine"]
+    assert machine["cores"] > 0
+    assert machine["cpu"]
+    assert isinstance(machine["onednn"], bool)
+    assert machine["tensorflow"].startswith("2.")
+    assert machine["keras"].startswith("3.")
+    result = results["cases"][case]
+    for key in ("median", "min", "max", "peak_gb", "gflops_per_s", "flops"):
+        assert result[key] > 0, key
+    assert result["min"] <= result["median"] <= result["max"]
+    assert len(result["times"]) == 2
+    assert result["finite_losses"]
+    assert results["commands"] == [f"python -m benchmarks --quick --cases {case} --out {tmp_path}"]
+    assert "| training step | 32x32x32 | 0 |" in (tmp_path / "results.md").read_text()
