@@ -7,6 +7,7 @@ from pathlib import Path
 __all__ = ["markdown", "pipeline_ratio", "write_markdown"]
 
 TASKS = {"train": "training step", "register": "registration"}
+PARTS = ("unet", "integrate", "warp", "ncc", "grad", "optimizer", "step")  # breakdown order
 
 
 def _spec(result):
@@ -124,9 +125,7 @@ def _breakdown_table(cases):
         f"| part | {header} |",
         "|---|" + "---|" * len(names),
     ]
-    parts = []
-    for n in names:
-        parts += [p for p in runs[n]["parts"] if p not in parts]
+    parts = [p for p in PARTS if any(p in runs[n]["parts"] for n in names)]
     for part in [*parts, "sum_of_parts"]:
         cells = []
         for n in names:
