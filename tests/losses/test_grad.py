@@ -58,6 +58,59 @@ def test_random_field_matches_numpy_diff(shape, penalty):
     np.testing.assert_allclose(half.numpy(), expected, rtol=2e-3)
 
 
+def _numpy_gradient(field, penalty):
+    """d grad_penalty / d field by hand: each forward difference d = u[x+1] - u[x] adds
+    dpen(d) / (n_i * ndim) at x + 1 and subtracts it at x (n_i: differences per sample)."""
+    ndim = field.ndim - 2
+    grad = np.zeros_like(field)
+    for axis in range(1, ndim + 1):
+        diff = np.diff(field, axis=axis)
+        slope = (np.sign(diff) if penalty == "l1" else 2 * diff) / (diff[0].size * ndim)
+        ahead = [slice(None)] * field.ndim
+        behind = [slice(None)] * field.ndim
+        ahead[axis], behind[axis] = slice(1, None), slice(None, -1)
+        grad[tuple(ahead)] += slope
+        grad[tuple(behind)] -= slope
+    return grad
+
+
+@pytest.mark.parametrize("penalty", ["l1", "l2"])
+@pytest.mark.parametrize("shape", [(2, 6, 7, 2), (2, 5, 6, 4, 3)])
+def test_gradient_matches_numpy_in_float64(shape, penalty):
+    field = tf.constant(np.random.default_rng(4).normal(size=shape))
+    with tf.GradientTape() as tape:
+        tape.watch(field)
+        total = tf.reduce_sum(grad_penalty(field, penalty))
+    np.testing.assert_allclose(
+        tape.gradient(total, field).numpy(), _numpy_gradient(field.numpy(), penalty), rtol=1e-12
+    )
+
+
+@pytest.mark.parametrize("penalty", ["l1", "l2"])
+def test_values_and_gradient_unchanged_from_indexing_formulation(penalty):
+    # grad_penalty slices with tf.slice for speed (see there); it must give, bit for bit, what
+    # the plain `field[:, 1:] - field[:, :-1]` formulation gives, value and gradient.
+    def indexed(field):
+        per_axis = []
+        for axis in range(1, 4):
+            ahead, behind = [slice(None)] * 5, [slice(None)] * 5
+            ahead[axis], behind[axis] = slice(1, None), slice(None, -1)
+            diff = field[tuple(ahead)] - field[tuple(behind)]
+            size = tf.abs(diff) if penalty == "l1" else tf.square(diff)
+            per_axis.append(tf.reduce_mean(size, axis=[1, 2, 3, 4]))
+        return tf.add_n(per_axis) / 3
+
+    field = tf.Variable(np.random.default_rng(5).normal(size=(2, 9, 10, 11, 3)), dtype=tf.float32)
+    results = []
+    for fn in (lambda f: grad_penalty(f, penalty), indexed):
+        with tf.GradientTape() as tape:
+            value = fn(field)
+            total = tf.reduce_sum(value * [1.0, 2.0])
+        results.append((value.numpy(), tape.gradient(total, field).numpy()))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
 def test_unknown_shapes_in_tf_function():
     loss = Grad("l2", reduction=None)
     spec = tf.TensorSpec([None, None, None, None, 3], tf.float32)

@@ -48,11 +48,15 @@ def grad_penalty(field, penalty="l1"):
             )
     per_axis = []
     for axis in range(1, rank - 1):
-        ahead = [slice(None)] * rank
-        behind = [slice(None)] * rank
-        ahead[axis] = slice(1, None)
-        behind[axis] = slice(None, -1)
-        diff = field[tuple(ahead)] - field[tuple(behind)]  # one voxel shorter along `axis`
+        # `tf.slice`, not `field[1:]` indexing: its gradient is a `tf.pad`, whereas the gradient
+        # of a strided slice (`StridedSliceGrad`) is several times slower on CPU for 5-D fields
+        # (0.29 s against 0.05 s at 80x96x112, forward + backward; the values are identical).
+        length = field.shape[axis]
+        extent = [-1] * rank  # everything, except one voxel less along `axis`
+        extent[axis] = length - 1 if length is not None else tf.shape(field)[axis] - 1
+        ahead = tf.slice(field, [int(a == axis) for a in range(rank)], extent)
+        behind = tf.slice(field, [0] * rank, extent)
+        diff = ahead - behind  # one voxel shorter along `axis`
         size = tf.abs(diff) if penalty == "l1" else tf.square(diff)
         per_axis.append(tf.reduce_mean(size, axis=list(range(1, rank))))
     return tf.add_n(per_axis) / len(per_axis)
