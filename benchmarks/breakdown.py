@@ -4,8 +4,9 @@ Parts of one VoxelMorph training step (`benchmarks.workloads.build_trainer`):
 
 - `unet`: U-Net and flow head, forward and the gradient with respect to every weight (for an
   arbitrary fixed upstream gradient), i.e. all the convolution work of the step;
-- `integrate` (only when `int_steps > 0`): halve the field, scaling and squaring (`VecInt`),
-  double it back; forward and gradient with respect to the flow;
+- `resize` and `integrate` (only when `int_steps > 0`): halving the flow and doubling the
+  integrated displacement back (`RescaleTransform`, both together), and the scaling and squaring
+  at half resolution (`VecInt`); forward and gradient with respect to their input;
 - `warp`: `SpatialTransformer(moving, displacement)`, forward and gradient with respect to the
   displacement;
 - `ncc`: `NCC(9)(fixed, moved)`, forward and gradient with respect to `moved`;
@@ -70,14 +71,13 @@ def breakdown_workload(shape, int_steps, repeats, warmup):
         resize = model.get_layer("velocity_resize")
         integrate = model.get_layer("integrate")
         upsize = model.get_layer("displacement_resize")
-        parts["integrate"] = _timed(
-            lambda: upsize(integrate(resize(tf.identity(flow)))),
-            [flow],
-            flow_shape,
-            repeats,
-            warmup,
-        )
         field = tf.Variable(resize(tf.identity(flow)))
+        parts["resize"] = _timed(
+            lambda: upsize(resize(tf.identity(flow))), [flow], flow_shape, repeats, warmup
+        )
+        parts["integrate"] = _timed(
+            lambda: integrate(tf.identity(field)), [field], field.shape, repeats, warmup
+        )
     transformer = model.get_layer("transformer")
     parts["warp"] = _timed(
         lambda: transformer(moving, tf.identity(flow)), [flow], (1, *shape, 1), repeats, warmup

@@ -7,7 +7,16 @@ from pathlib import Path
 __all__ = ["markdown", "pipeline_ratio", "write_markdown"]
 
 TASKS = {"train": "training step", "register": "registration"}
-PARTS = ("unet", "integrate", "warp", "ncc", "grad", "optimizer", "step")  # breakdown order
+PARTS = (
+    "unet",
+    "resize",
+    "integrate",
+    "warp",
+    "ncc",
+    "grad",
+    "optimizer",
+    "step",
+)  # breakdown order
 
 
 def _spec(result):
