@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.case import parse_case
+from benchmarks.case import parse_case, peak_memory_gb, run_case
 from benchmarks.flops import TRAIN_FACTOR, conv_flops
 from benchmarks.harness import default_cases, select_cases, with_flags
 from benchmarks.report import markdown, pipeline_ratio
@@ -68,6 +68,12 @@ def test_parse_case():
     for bad in ("train-80x96x112", "train-80x96x112-int7+fast", "pipeline-2", "fly", "peak+xla"):
         with pytest.raises(ValueError, match="Expected a case name"):
             parse_case(bad)
+
+
+def test_pipeline_case_is_skipped_without_data(tmp_path):
+    result = run_case(parse_case("pipeline-ds2"), 1, 0, dataset=str(tmp_path / "absent.json"))
+    assert result == {"skipped": f"dataset not found: {tmp_path / 'absent.json'}"}
+    assert 0.01 < peak_memory_gb() < 100
 
 
 def test_default_cases_parse_and_select():
