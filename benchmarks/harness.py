@@ -83,15 +83,22 @@ def machine_info():
     import tensorflow as tf
     from tensorflow.python.util import _pywrap_util_port
 
-    cpu = platform.processor() or "unknown"
+    fields = {}
     with open("/proc/cpuinfo") as f:
         for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    cpu = fields.get("model name") or platform.processor() or "unknown"
+    flags = fields.get("flags", "").split()
     memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
     return {
         "cpu": cpu,
+        "cpu_family_model_stepping": "/".join(
+            fields.get(k, "?") for k in ("cpu family", "model", "stepping")
+        ),
+        "cpu_flags": [
+            f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags
+        ],
         "cores": os.cpu_count(),
         "memory_gb": round(memory_gb, 1),
         "python": platform.python_version(),

@@ -53,7 +53,10 @@ def markdown(results):
     cases = results["cases"]
     peak = _peak(results)
     lines = [
-        f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gb']} GB; "
+        f"Machine: {machine['cpu']} (family/model/stepping "
+        f"{machine.get('cpu_family_model_stepping', '?')}; "
+        f"{' '.join(machine.get('cpu_flags', []))}), {machine['cores']} cores, "
+        f"{machine['memory_gb']} GB; "
         f"TensorFlow {machine['tensorflow']}, Keras {machine['keras']}, Python "
         f"{machine['python']}, oneDNN {'on' if machine['onednn'] else 'off'} "
         f"(TF_ENABLE_ONEDNN_OPTS={machine['TF_ENABLE_ONEDNN_OPTS']}); {machine['date']}.",
