@@ -532,33 +532,56 @@ def _save(figure, path: Path) -> Path:
 def plot_dice_boxes(records: list[dict], path) -> Path:
     """Box plot of Dice per structure, before (grey) and after (blue) registration, side by side
     (as in Balakrishnan et al., IEEE TMI 2019, Fig. 5). NaN values are left out."""
+    series = {
+        f"{when} registration": [{"label": r["label"], "dice": r[f"dice_{when}"]} for r in records]
+        for when in ("before", "after")
+    }
+    return plot_dice_series(series, path)
+
+
+#: Box colours of `plot_dice_series`, in the order of its series.
+SERIES_COLOURS = ("#b0b0b0", "#3b75af", "#d9822b", "#5aa05a", "#9467bd")
+
+
+def plot_dice_series(series: dict, path) -> Path:
+    """Box plot of Dice per structure for several methods side by side.
+
+    Args:
+        series: `{name: [{"label": int, "dice": float}, ...]}`, in drawing order (at most
+            `len(SERIES_COLOURS)` series); NaN values are left out.
+        path: the PNG to write.
+    """
+    if not 1 <= len(series) <= len(SERIES_COLOURS):
+        raise ValueError(
+            f"Expected 1 to {len(SERIES_COLOURS)} series. Received: {len(series)} series"
+        )
     figure_class, _ = _matplotlib()
-    labels = sorted({r["label"] for r in records})
-    data = {key: [] for key in ("dice_before", "dice_after")}
-    for label in labels:
-        for key, values in data.items():
-            found = [r[key] for r in records if r["label"] == label]
-            values.append([v for v in found if not math.isnan(v)])
-    figure = figure_class(figsize=(max(6.0, 0.32 * len(labels) + 1.5), 4.0))
+    labels = sorted({r["label"] for rows in series.values() for r in rows})
+    width = 0.8 / len(series)
+    figure = figure_class(figsize=(max(6.0, 0.16 * len(series) * len(labels) + 1.5), 4.0))
     ax = figure.add_subplot()
     centres = np.arange(len(labels), dtype=float)
-    styles = {"dice_before": ("before", "#b0b0b0", -0.2), "dice_after": ("after", "#3b75af", 0.2)}
     handles = []
-    for key, (name, colour, shift) in styles.items():
-        keep = [i for i, v in enumerate(data[key]) if v]
+    for index, (name, rows) in enumerate(series.items()):
+        per_label = [
+            [r["dice"] for r in rows if r["label"] == label and not math.isnan(r["dice"])]
+            for label in labels
+        ]
+        keep = [i for i, values in enumerate(per_label) if values]
+        shift = (index - (len(series) - 1) / 2) * width
         boxes = ax.boxplot(
-            [data[key][i] for i in keep],
+            [per_label[i] for i in keep],
             positions=centres[keep] + shift,
-            widths=0.35,
+            widths=0.9 * width,
             patch_artist=True,
             manage_ticks=False,
             flierprops={"marker": ".", "markersize": 3},
             medianprops={"color": "black"},
         )
         for patch in boxes["boxes"]:
-            patch.set_facecolor(colour)
+            patch.set_facecolor(SERIES_COLOURS[index])
         if boxes["boxes"]:
-            handles.append((boxes["boxes"][0], f"{name} registration"))
+            handles.append((boxes["boxes"][0], name))
     ax.set_xticks(centres)
     ax.set_xticklabels([str(label) for label in labels], rotation=90 if len(labels) > 20 else 0)
     ax.set_xlim(-0.7, len(labels) - 0.3)
@@ -571,7 +594,7 @@ def plot_dice_boxes(records: list[dict], path) -> Path:
             *zip(*handles, strict=True),
             loc="lower center",
             bbox_to_anchor=(0.5, 1.0),
-            ncol=2,
+            ncol=min(len(handles), 4),
             frameon=False,
         )
     return _save(figure, Path(path))

@@ -1,0 +1,266 @@
+"""ANTs SyN on a dataset's validation pairs, scored exactly as `python -m evaluate.dice` scores
+a VoxelMorph model, and a side-by-side table and box plot of the methods.
+
+    pip install antspyx   # optional benchmark dependency, not a dependency of vxmtf
+    python -m benchmarks.compare_ants --data ../shared/data/LPBA40/LPBA40_dataset.json \\
+        --downsample 2 --out benchmarks/results/ants \\
+        --method "VoxelMorph (plain)=runs/eval_plain" --method "VoxelMorph (diff)=runs/eval_diff"
+
+`AntsRegistrator` has the interface of `vxmtf.registration.Registrator` (`register`,
+`warp_labels`), so `vxmtf.evaluation.evaluate` computes everything the same way for both: Dice
+per structure on the label maps' own (full-resolution) grid with nearest-neighbour warping,
+folding fraction and SDlogJ of the full-resolution displacement, and wall time per pair
+(first pair excluded). Only the registration differs:
+
+- the pair is block-mean downsampled by `--downsample` (the resolution the VoxelMorph model
+  was trained at), as ANTs images with spacing `K` mm and origin `(K - 1) / 2` mm, so that
+  coarse voxel `i` sits at fine coordinate `K i + (K - 1) / 2`, as in `vxmtf.data.preprocess`;
+- `ants.registration(type_of_transform="SyNOnly")`: SyN alone, since the images are already
+  affinely aligned, as VoxelMorph's inputs are; metric CC (the similarity of VoxelMorph's ANTs
+  baseline, Balakrishnan et al., IEEE TMI 2019) with radius `--cc-radius`, and
+  `--iterations` per level, coarse to fine;
+- the resulting warp is composed onto the full-resolution fixed grid (spacing 1 mm, origin 0,
+  identity direction), where its vectors in mm are displacements in voxels along the array
+  axes: ANTs maps fixed point `p` to moving point `p + d(p)`, VoxelMorph's
+  `moved[x] = moving[x + u(x)]`.
+
+The time per pair counts the ANTs registration only (not the composition and warping, which
+`evaluate.dice` counts for VoxelMorph): a bound in ANTs's favour.
+
+Writes in `--out`: `dice.csv` and `summary.json` for ANTs (the names and columns of
+`evaluate.dice`), and with `--method NAME=DIR` (an `evaluate.dice` output folder; repeatable)
+`comparison.md` (one row per method: Dice mean ± std, folding, SDlogJ, seconds per pair) and
+`comparison_boxplot.png` (Dice per structure: before registration, then each method).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_ITERATIONS = (100, 70, 50)
+
+
+class AntsRegistrator:
+    """Registers a pair with ANTs SyN; the interface of `vxmtf.registration.Registrator`.
+
+    Args:
+        downsample: integer factor of the resolution ANTs registers at (1: full resolution).
+        cc_radius: radius of ANTs's CC metric window, in (downsampled) voxels.
+        iterations: SyN iterations per level, coarse to fine.
+        threads: ITK threads (None: ITK's default, every core).
+    """
+
+    def __init__(self, downsample=2, cc_radius=2, iterations=DEFAULT_ITERATIONS, threads=None):
+        try:
+            import ants
+        except ImportError as error:
+            raise ImportError(
+                "The ANTs comparison needs antspyx, an optional benchmark dependency: "
+                "pip install antspyx"
+            ) from error
+        if isinstance(downsample, bool) or not isinstance(downsample, int) or downsample < 1:
+            raise ValueError(f"`downsample` must be an integer >= 1. Received: {downsample!r}")
+        if threads is not None:
+            os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
+        self._ants = ants
+        self.downsample = downsample
+        self.cc_radius = int(cc_radius)
+        self.iterations = tuple(int(i) for i in iterations)
+        self.model_path = (
+            f"ANTs SyNOnly, CC radius {self.cc_radius}, iterations {self.iterations}, "
+            f"at 1/{downsample} resolution"
+        )
+
+    def _image(self, array, factor):
+        from vxmtf.data.preprocess import downsample_image
+
+        array = np.asarray(array, np.float32)
+        if factor > 1:
+            array = downsample_image(array, factor)
+        offset = (factor - 1) / 2
+        return self._ants.from_numpy(
+            array, origin=(offset,) * array.ndim, spacing=(float(factor),) * array.ndim
+        )
+
+    def register(self, moving, fixed):
+        """`Registration` with the displacement in voxels of the full-resolution fixed grid."""
+        from vxmtf.registration import Registration
+
+        if np.shape(moving) != np.shape(fixed) or np.ndim(fixed) != 3:
+            raise ValueError(
+                "Expected a moving and a fixed 3D volume of one shape. "
+                f"Received: moving.shape={np.shape(moving)}, fixed.shape={np.shape(fixed)}"
+            )
+        ants = self._ants
+        start = time.perf_counter()
+        result = ants.registration(
+            self._image(fixed, self.downsample),
+            self._image(moving, self.downsample),
+            type_of_transform="SyNOnly",
+            syn_metric="CC",
+            syn_sampling=self.cc_radius,
+            reg_iterations=self.iterations,
+        )
+        seconds = time.perf_counter() - start
+        with tempfile.TemporaryDirectory() as folder:
+            composed = ants.apply_transforms(
+                fixed=self._image(fixed, 1),
+                moving=self._image(moving, 1),
+                transformlist=result["fwdtransforms"],
+                compose=os.path.join(folder, "to_fixed_"),
+            )
+            # (X, Y, Z, 3) in mm = voxels here (spacing 1, identity direction).
+            displacement = ants.image_read(composed).numpy().astype(np.float32)
+        moved = self.warp(moving, displacement)
+        return Registration(displacement=displacement, moved=moved, seconds=seconds)
+
+    @staticmethod
+    def warp(image, displacement, interpolation="linear"):
+        from vxmtf.ops import warp
+
+        out = warp(
+            np.asarray(image, np.float32)[None, ..., None], displacement[None], interpolation
+        )
+        return np.asarray(out)[0, ..., 0]
+
+    def warp_labels(self, labels, displacement):
+        labels = np.asarray(labels)
+        values, codes = np.unique(labels, return_inverse=True)
+        moved = self.warp(codes.reshape(labels.shape), displacement, "nearest")
+        return values[np.rint(moved).astype(np.int64)]
+
+
+def load_method(folder):
+    """`(summary, records)` of an `evaluate.dice` output folder."""
+    folder = Path(folder)
+    for name in ("summary.json", "dice.csv"):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(
+                f"Expected an evaluate.dice output folder with {name}. Received: {folder}"
+            )
+    summary = json.loads((folder / "summary.json").read_text())
+    with open(folder / "dice.csv", newline="") as handle:
+        records = [
+            {
+                "pair": int(row["pair"]),
+                "label": int(row["label"]),
+                "dice_before": float(row["dice_before"]),
+                "dice_after": float(row["dice_after"]),
+            }
+            for row in csv.DictReader(handle)
+        ]
+    return summary, records
+
+
+def comparison_table(methods: dict) -> str:
+    """Markdown table, one row per method: `{name: summary}` (the first row is 'before')."""
+
+    def num(value, digits=3):
+        return (
+            "n/a"
+            if value is None or (isinstance(value, float) and math.isnan(value))
+            else (f"{value:.{digits}f}")
+        )
+
+    first = next(iter(methods.values()))
+    lines = [
+        "| method | Dice mean ± std | folding (% voxels) | SDlogJ | seconds per pair |",
+        "|---|---|---|---|---|",
+        f"| affine only (before) | {num(first['dice_before_mean'])} ± "
+        f"{num(first['dice_before_std'])} | | | |",
+    ]
+    for name, s in methods.items():
+        folding = s["folding_fraction_mean"]
+        lines.append(
+            f"| {name} | {num(s['dice_after_mean'])} ± {num(s['dice_after_std'])} | "
+            f"{num(None if folding is None else 100 * folding, 4)} | {num(s['sdlogj_mean'])} | "
+            f"{num(s['seconds_per_pair'], 2)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.compare_ants",
+        description="Register a dataset's validation pairs with ANTs SyN, score them as "
+        "evaluate.dice does, and compare with evaluate.dice output folders.",
+    )
+    p.add_argument("--data", required=True, help="dataset JSON with registration_val pairs")
+    p.add_argument("--downsample", type=int, default=2, help="resolution factor for ANTs")
+    p.add_argument("--cc-radius", type=int, default=2, help="CC window radius (voxels)")
+    p.add_argument(
+        "--iterations", type=int, nargs="+", default=list(DEFAULT_ITERATIONS), metavar="N"
+    )
+    p.add_argument("--threads", type=int, help="ITK threads (default: every core)")
+    p.add_argument("--max-pairs", type=int, help="only the first N pairs")
+    p.add_argument(
+        "--method",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="an evaluate.dice output folder to compare with (repeatable)",
+    )
+    p.add_argument("--skip-ants", action="store_true", help="reuse --out's ANTs results")
+    p.add_argument("--out", default="benchmarks/results/ants", help="output folder")
+    return p
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    args = build_parser().parse_args(argv)
+    methods = {}
+    for item in args.method:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            print(f"error: --method expects NAME=DIR. Received: {item!r}", file=sys.stderr)
+            return 2
+        methods[name] = folder
+    from vxmtf import evaluation
+    from vxmtf.data.dataset import load_dataset
+
+    out = Path(args.out)
+    try:
+        if not args.skip_ants:
+            registrator = AntsRegistrator(
+                args.downsample, args.cc_radius, args.iterations, args.threads
+            )
+            pairs = evaluation.dataset_pairs(load_dataset(args.data))[: args.max_pairs]
+            result = evaluation.evaluate(registrator, pairs)
+            summary = evaluation.write_results(
+                result, out, model=registrator.model_path, data=args.data
+            )
+            print(evaluation.format_summary(summary))
+        summaries, series = {}, {}
+        ants_summary, ants_records = load_method(out)
+        loaded = {name: load_method(folder) for name, folder in methods.items()}
+        loaded["ANTs SyN"] = (ants_summary, ants_records)
+        series["before registration"] = [
+            {"label": r["label"], "dice": r["dice_before"]} for r in ants_records
+        ]
+        for name, (summary, records) in loaded.items():
+            summaries[name] = summary
+            series[name] = [{"label": r["label"], "dice": r["dice_after"]} for r in records]
+        table = comparison_table(summaries)
+        (out / "comparison.md").write_text(table)
+        evaluation.plot_dice_series(series, out / "comparison_boxplot.png")
+    except (ImportError, OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(table)
+    print(f"wrote {out}/dice.csv, summary.json, comparison.md, comparison_boxplot.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
