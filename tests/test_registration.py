@@ -1,0 +1,80 @@
+"""`vxmtf.registration`: a run's downsampling is undone, so fields land on the input grid."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from vxmtf.networks.vxm_dense import VxmDense
+from vxmtf.registration import Registrator, resize_displacement
+from vxmtf.training.config import DataConfig, RunConfig
+
+
+def constant_shift_model(shift, int_steps=0):
+    """A tiny VxmDense whose displacement is `shift` (model voxels) everywhere."""
+    model = VxmDense((16, 16, 16), enc_features=(4, 4), dec_features=(4, 4, 4), int_steps=int_steps)
+    flow = model.get_layer("flow")
+    kernel, _ = flow.get_weights()
+    flow.set_weights([np.zeros_like(kernel), np.asarray(shift, np.float32)])
+    return model
+
+
+def test_affine_field_is_resized_by_the_voxel_centre_rule():
+    rng = np.random.default_rng(0)
+    coarse_shape, factor = (5, 6, 4), 2
+    shape = (11, 12, 9)  # 11 and 9: one trailing voxel the coarse grid does not cover
+    matrix, offset = rng.normal(size=(3, 3)) * 0.1, rng.normal(size=3)
+    grid = np.stack(np.meshgrid(*map(np.arange, coarse_shape), indexing="ij"), -1)
+    coarse = grid @ matrix.T + offset  # u(i) = A i + b, coarse voxels
+    fine = resize_displacement(coarse, shape, factor)
+    assert fine.shape == (*shape, 3)
+    # Fine voxel y sits at coarse position (y + 0.5) / K - 0.5; vectors scale by K. Checked
+    # where that position lies inside the coarse grid (no clamping).
+    for y in [(1, 1, 1), (5, 7, 3), (8, 10, 6), (2, 9, 5)]:
+        position = (np.asarray(y) + 0.5) / factor - 0.5
+        expected = factor * (matrix @ position + offset)
+        np.testing.assert_allclose(fine[y], expected, rtol=1e-5, atol=1e-5)
+    # The uncovered trailing voxels repeat the last covered one.
+    np.testing.assert_array_equal(fine[10], fine[9])
+    np.testing.assert_array_equal(fine[:, :, 8], fine[:, :, 7])
+    np.testing.assert_array_equal(
+        resize_displacement(coarse, coarse_shape, 1), coarse.astype(np.float32)
+    )
+    with pytest.raises(ValueError, match=r"Expected a displacement of shape \(5, 6, 4, 3\)"):
+        resize_displacement(coarse[:4], shape, factor)
+
+
+@pytest.mark.parametrize("int_steps", [0, 2])
+def test_downsampled_run_gives_the_field_on_the_input_grid(int_steps):
+    """A run trained at half resolution: a constant shift of 1 model voxel is 2 input voxels."""
+    model = constant_shift_model([1.0, 0.0, -0.5], int_steps)
+    config = RunConfig(data=DataConfig(downsample=2))
+    registrator = Registrator(model, config=config)
+    rng = np.random.default_rng(1)
+    shape = (21, 18, 23)  # odd sizes: padding, cropping and the trailing voxels all happen
+    moving = ndimage.gaussian_filter(rng.uniform(size=shape), 2).astype(np.float32)
+    fixed = rng.uniform(size=shape).astype(np.float32)
+    result = registrator.register(moving, fixed)
+    assert result.displacement.shape == (*shape, 3)
+    # Scaling and squaring of a constant velocity is exact; the resize keeps constants.
+    np.testing.assert_allclose(result.displacement[..., 0], 2.0, atol=1e-4)
+    np.testing.assert_allclose(result.displacement[..., 1], 0.0, atol=1e-4)
+    np.testing.assert_allclose(result.displacement[..., 2], -1.0, atol=1e-4)
+    # moved[x] = moving[x + (2, 0, -1)], checked against SciPy away from the borders.
+    expected = ndimage.shift(moving, (-2.0, 0.0, 1.0), order=1, mode="nearest")
+    np.testing.assert_allclose(
+        result.moved[3:-3, 3:-3, 3:-3], expected[3:-3, 3:-3, 3:-3], atol=1e-5
+    )
+    labels = (moving > np.median(moving)).astype(np.int16) * 7
+    moved_labels = registrator.warp_labels(labels, result.displacement)
+    np.testing.assert_array_equal(
+        moved_labels[:-3, :, 2:], np.roll(labels, (-2, 0, 1), axis=(0, 1, 2))[:-3, :, 2:]
+    )
+
+
+def test_pair_errors_name_what_was_received():
+    registrator = Registrator(constant_shift_model([0.0, 0.0, 0.0]), config=RunConfig())
+    volume = np.zeros((16, 16, 16), np.float32)
+    with pytest.raises(ValueError, match=r"rank 3.*Received: moving.shape=\(16, 16\)"):
+        registrator.register(volume[0], volume)
+    with pytest.raises(ValueError, match=r"one voxel grid.*fixed.shape=\(16, 16, 15\)"):
+        registrator.register(volume, volume[..., :15])
