@@ -29,7 +29,6 @@ import argparse
 import contextlib
 import errno
 import logging
-import math
 import os
 import re
 import shutil
@@ -118,15 +117,8 @@ def export_saved_model(model, base_dir, model_name="vxm", version=None, jit_comp
 
 
 def padding_multiple(model):
-    """Size every spatial axis is padded to a multiple of: `lcm(2**levels, int_resolution)`.
-
-    `2 ** len(enc_features)` for the U-Net's poolings; the velocity grid of a diffeomorphic model
-    (`int_steps > 0`) is `1 / int_resolution` of the image, so sizes must divide by that too.
-    """
-    multiple = 2 ** len(model.enc_features)
-    if model.int_steps > 0:
-        multiple = math.lcm(multiple, model.int_resolution)
-    return multiple
+    """Size every spatial axis is padded to a multiple of (`VxmDense.size_multiple`)."""
+    return model.size_multiple
 
 
 def _load(model):

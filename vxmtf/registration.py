@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -234,9 +233,7 @@ class Registrator:
             )
         self.inshape = tuple(model.inshape)
         self.ndim = len(self.inshape)
-        self.multiple = 2 ** len(model.enc_features)
-        if model.int_steps > 0:
-            self.multiple = math.lcm(self.multiple, model.int_resolution)
+        self.multiple = model.size_multiple
         # A copy with free spatial sizes, in float32, holding the trained weights.
         config = model.get_config()
         config.update(inshape=(None,) * self.ndim, bidir=False)

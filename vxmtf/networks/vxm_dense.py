@@ -1,5 +1,7 @@
 """`VxmDense`: the VoxelMorph registration network."""
 
+import math
+
 import keras
 
 from vxmtf.layers.rescale_transform import RescaleTransform
@@ -136,6 +138,12 @@ class VxmDense(keras.Model):
         self.int_resolution = int_resolution
         self.bidir = bidir
 
+    @property
+    def size_multiple(self):
+        """Every spatial size the model registers must be a multiple of this (see
+        `size_multiple`)."""
+        return size_multiple(self.enc_features, self.int_steps, self.int_resolution)
+
     @staticmethod
     def _integrate(velocity, steps, resolution, prefix):
         displacement = VecInt(steps, name=f"{prefix}integrate")(velocity)
@@ -160,3 +168,16 @@ class VxmDense(keras.Model):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+def size_multiple(enc_features, int_steps, int_resolution):
+    """`lcm(2 ** len(enc_features), int_resolution)` when integrating, else `2 ** levels`.
+
+    The U-Net halves every axis once per encoder level; the velocity of a diffeomorphic model
+    (`int_steps > 0`) lives on a grid `int_resolution` times coarser, so sizes must divide by
+    that too. Volumes of other sizes are padded to this multiple (`vxmtf.data.preprocess`).
+    """
+    multiple = 2 ** len(enc_features)
+    if int_steps > 0:
+        multiple = math.lcm(multiple, int_resolution)
+    return multiple

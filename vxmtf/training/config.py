@@ -63,6 +63,13 @@ class ModelConfig:
     def levels(self) -> int:
         return len(self.enc_features)
 
+    @property
+    def size_multiple(self) -> int:
+        """Spatial sizes must be multiples of this (`vxmtf.networks.vxm_dense.size_multiple`)."""
+        from vxmtf.networks.vxm_dense import size_multiple
+
+        return size_multiple(self.enc_features, self.int_steps, self.int_resolution)
+
     def kwargs(self) -> dict:
         return {
             "enc_features": self.enc_features,

@@ -25,9 +25,7 @@ class TrainingData:
     def __init__(self, config):
         self.config = config
         dcfg, mcfg, tcfg = config.data, config.model, config.train
-        multiple = 2**mcfg.levels
-        if mcfg.int_steps and mcfg.int_resolution > 1:
-            multiple = _lcm(multiple, mcfg.int_resolution)
+        multiple = mcfg.size_multiple
         self.preprocess = PreprocessConfig(
             normalize=dcfg.normalize, downsample=dcfg.downsample, multiple=multiple
         )
@@ -106,9 +104,3 @@ class TrainingData:
 def _one_hot(labels, num_classes):
     # (batch, *spatial, 1) int32 indices -> (batch, *spatial, num_classes) float32
     return tf.one_hot(labels[..., 0], num_classes, dtype=tf.float32)
-
-
-def _lcm(a: int, b: int) -> int:
-    import math
-
-    return a * b // math.gcd(a, b)
