@@ -2,8 +2,6 @@
 
 import tensorflow as tf
 
-from vxmtf.ops.resample import resample
-
 
 def rescale_field(field, factor=None, out_shape=None):
     """Resize a displacement field to another grid and scale its vectors to that grid's voxels.
@@ -36,8 +34,24 @@ def rescale_field(field, factor=None, out_shape=None):
     else:
         out_sizes = tf.convert_to_tensor(out_shape, dtype=tf.int32)
     scale = tf.cast(out_sizes, tf.float32) / tf.cast(in_sizes, tf.float32)  # (ndim,)
-    # Per-axis sample positions, broadcast into (*out_spatial, ndim) coordinates.
-    axes = [(tf.range(out_sizes[k], dtype=tf.float32) + 0.5) / scale[k] - 0.5 for k in range(ndim)]
-    coords = tf.stack(tf.meshgrid(*axes, indexing="ij"), axis=-1)
-    coords = tf.broadcast_to(coords[None], tf.concat([tf.shape(field)[:1], tf.shape(coords)], 0))
-    return resample(field, coords) * scale
+    # N-linear interpolation with border clamping is the tensor product of 1-D linear
+    # interpolations, so resize one axis at a time: each pass holds two gathered copies of the
+    # field instead of the 2**ndim corners of `vxmtf.ops.resample`, and is faster too.
+    for k in range(ndim):
+        field = _resize_axis(field, k + 1, in_sizes[k], out_sizes[k], scale[k])
+    return field * scale
+
+
+def _resize_axis(x, axis, in_size, out_size, scale):
+    """Linear resize of `x` along `axis` from `in_size` to `out_size` voxels (voxel centres,
+    border clamped): output voxel `y` reads input position `(y + 0.5) / scale - 0.5`."""
+    position = (tf.range(out_size, dtype=tf.float32) + 0.5) / scale - 0.5  # (out_size,)
+    lower = tf.floor(position)
+    frac = position - lower
+    lower = tf.cast(lower, tf.int32)
+    first = tf.gather(x, tf.clip_by_value(lower, 0, in_size - 1), axis=axis)
+    second = tf.gather(x, tf.clip_by_value(lower + 1, 0, in_size - 1), axis=axis)
+    # Weights broadcast along `axis`: shape (1, ..., out_size, ..., 1).
+    shape = [1] * x.shape.rank
+    shape[axis] = -1
+    return first + (second - first) * tf.reshape(frac, shape)
