@@ -98,6 +98,40 @@ def test_mixed_float16_builds_and_runs():
     assert np.isfinite(history.history["loss"][0])
 
 
+def test_mixed_bfloat16_weight_gradients_on_grids_smaller_than_the_kernel():
+    # With the default features, the deepest grid of a 32^3 input is 2^3 voxels. There oneDNN's
+    # bfloat16 Conv3D weight gradient is garbage (relative error >= 1, or inf, with TF 2.21 on
+    # CPU), so those convolutions must run in float32. Oracle: the float32 model's gradients.
+    rng = np.random.default_rng(4)
+    x = rng.uniform(size=(1, 32, 32, 32, 1)).astype(np.float32)
+    y = np.roll(x, 2, axis=1)
+
+    def kernel_gradients(policy, weights=None):
+        keras.mixed_precision.set_global_policy(policy)
+        try:
+            model = VxmDense((32, 32, 32), int_steps=0)
+            if weights is not None:
+                model.set_weights(weights)
+            unet = model.get_layer("unet")
+            kernels = {name: unet.get_layer(name).kernel for name in ("dec_conv_0", "enc_conv_1")}
+            with tf.GradientTape() as tape:
+                moved = model([x, y])["moved"]
+                loss = tf.reduce_mean(tf.square(tf.cast(moved, tf.float32) - y))
+            grads = tape.gradient(loss, list(kernels.values()))
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+        dtypes = {name: unet.get_layer(name).compute_dtype for name in kernels}
+        return model.get_weights(), dict(zip(kernels, grads, strict=True)), dtypes
+
+    weights, expected, _ = kernel_gradients("float32")
+    _, mixed, dtypes = kernel_gradients("mixed_bfloat16", weights)
+    assert dtypes == {"dec_conv_0": "float32", "enc_conv_1": "bfloat16"}  # 2^3 vs 16^3 voxels
+    for name in expected:
+        reference = np.asarray(expected[name])
+        error = np.abs(np.asarray(mixed[name], np.float32) - reference).max()
+        assert error < 0.1 * np.abs(reference).max(), name
+
+
 def test_unknown_spatial_sizes_run():
     model = VxmDense((None, None, None), int_steps=2, **SMALL)
     x = np.zeros((1, 16, 32, 16, 1), np.float32)

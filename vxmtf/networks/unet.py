@@ -48,11 +48,28 @@ class Unet(keras.Model):
         upsample = keras.layers.UpSampling3D if ndim == 3 else keras.layers.UpSampling2D
         # TensorFlow has no float16 CPU kernel for 3D max pooling: under a float16 policy pool in
         # float32 (exact for a max; the casts are fused away under XLA on GPUs).
-        float16 = keras.mixed_precision.dtype_policy().compute_dtype == "float16"
-        pool_dtype = "float32" if float16 else None
+        compute_dtype = keras.mixed_precision.dtype_policy().compute_dtype
+        pool_dtype = "float32" if compute_dtype == "float16" else None
+        # oneDNN's bfloat16 weight gradient of a 3x3x3 convolution is garbage (relative error
+        # of order 1, inf or NaN) when a spatial axis is shorter than the kernel (TensorFlow 2.21
+        # on CPU, 2x2x2 grids with 16-64 channels; exact in float32 and with oneDNN off).
+        # Convolutions on grids that small run in float32: they are the cheapest, at the bottom
+        # of the U. Unknown sizes (inference, export) need no weight gradient.
+        known = [s for s in inshape if s is not None]
 
-        def conv_block(x, features, name):
-            x = conv(features, 3, padding="same", kernel_initializer="he_normal", name=name)(x)
+        def conv_dtype(level):
+            tiny = bool(known) and min(known) // 2**level < 3
+            return "float32" if compute_dtype == "bfloat16" and tiny else None
+
+        def conv_block(x, features, name, level):
+            x = conv(
+                features,
+                3,
+                padding="same",
+                kernel_initializer="he_normal",
+                dtype=conv_dtype(level),
+                name=name,
+            )(x)
             return keras.layers.LeakyReLU(0.2, name=f"{name}_activation")(x)
 
         # Functional graph.
@@ -60,16 +77,17 @@ class Unet(keras.Model):
         x = inputs
         skips = []
         for level, features in enumerate(enc_features):
-            x = conv_block(x, features, f"enc_conv_{level}")
+            x = conv_block(x, features, f"enc_conv_{level}", level)
             skips.append(x)
             x = pool(2, dtype=pool_dtype, name=f"enc_pool_{level}")(x)
         levels = len(enc_features)
         for level in range(levels):
-            x = conv_block(x, dec_features[level], f"dec_conv_{level}")
+            # dec_conv_k works on the grid pooled `levels - k` times.
+            x = conv_block(x, dec_features[level], f"dec_conv_{level}", levels - level)
             x = upsample(2, name=f"dec_upsample_{level}")(x)
             x = keras.layers.Concatenate(name=f"dec_concat_{level}")([x, skips.pop()])
         for index, features in enumerate(dec_features[levels:]):
-            x = conv_block(x, features, f"final_conv_{index}")
+            x = conv_block(x, features, f"final_conv_{index}", 0)
         super().__init__(inputs=inputs, outputs=x, **kwargs)
 
         # Config.
