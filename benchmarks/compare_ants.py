@@ -126,18 +126,13 @@ class AntsRegistrator:
 
     @staticmethod
     def warp(image, displacement, interpolation="linear"):
-        from vxmtf.ops import warp
+        """`vxmtf.registration.Registrator.warp`: the same warping as for VoxelMorph."""
+        from vxmtf.registration import Registrator
 
-        out = warp(
-            np.asarray(image, np.float32)[None, ..., None], displacement[None], interpolation
-        )
-        return np.asarray(out)[0, ..., 0]
+        return Registrator.warp(image, displacement, interpolation)
 
     def warp_labels(self, labels, displacement):
-        labels = np.asarray(labels)
-        values, codes = np.unique(labels, return_inverse=True)
-        moved = self.warp(codes.reshape(labels.shape), displacement, "nearest")
-        return values[np.rint(moved).astype(np.int64)]
+        return self.warp(labels, displacement, "nearest")
 
 
 def load_method(folder):

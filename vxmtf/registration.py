@@ -322,7 +322,8 @@ class Registrator:
         moved = self.warp(moving, displacement)
         return Registration(displacement, moved, time.perf_counter() - start)
 
-    def warp(self, image, displacement, interpolation="linear"):
+    @staticmethod
+    def warp(image, displacement, interpolation="linear"):
         """`out[x] = image[x + displacement[x]]` for one `(*spatial)` volume.
 
         "linear" returns float32; "nearest" keeps an integer label map's dtype.
