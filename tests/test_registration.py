@@ -5,7 +5,7 @@ import pytest
 from scipy import ndimage
 
 from vxmtf.networks.vxm_dense import VxmDense
-from vxmtf.registration import Registrator, resize_displacement
+from vxmtf.registration import Registrator, find_run_config, resize_displacement
 from vxmtf.training.config import DataConfig, RunConfig
 
 
@@ -78,3 +78,18 @@ def test_pair_errors_name_what_was_received():
         registrator.register(volume[0], volume)
     with pytest.raises(ValueError, match=r"one voxel grid.*fixed.shape=\(16, 16, 15\)"):
         registrator.register(volume, volume[..., :15])
+
+
+def test_run_config_is_found_beside_the_model(tmp_path):
+    model = constant_shift_model([0.0, 0.0, 0.0])
+    model.save(tmp_path / "a.keras")
+    model.save(tmp_path / "b.keras")
+    RunConfig(data=DataConfig(downsample=2)).save(tmp_path / "a.config.json")
+    RunConfig(data=DataConfig(normalize="percentile")).save(tmp_path / "config.json")
+    assert find_run_config(tmp_path / "a.keras") == tmp_path / "a.config.json"
+    assert find_run_config(tmp_path / "b.keras") == tmp_path / "config.json"
+    named, shared = Registrator(tmp_path / "a.keras"), Registrator(tmp_path / "b.keras")
+    assert (named.downsample, named.normalize) == (2, "minmax")
+    assert (shared.downsample, shared.normalize) == (1, "percentile")
+    (tmp_path / "config.json").unlink()
+    assert find_run_config(tmp_path / "b.keras") is None

@@ -129,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--xla", action="store_true", help="compile the training step with XLA")
     g.add_argument("--resume", action="store_true", help="continue the run in --model-dir")
     g.add_argument(
+        "--init-weights",
+        metavar="MODEL",
+        default=None,
+        help="start from the weights of a trained .keras model of the same architecture "
+        "(fine-tuning, e.g. pretrained/vxm_lpba40.keras); int_steps may differ",
+    )
+    g.add_argument(
         "--no-export",
         dest="export",
         action="store_false",
@@ -174,6 +181,7 @@ def config_from_args(args):
             resume=args.resume,
             save_every=args.save_every,
             export=args.export,
+            init_weights=args.init_weights,
         ),
     )
 

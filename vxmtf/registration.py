@@ -96,10 +96,13 @@ def resolve_model_path(path) -> Path:
 def find_run_config(model_path) -> Path | None:
     """The `config.json` of the run that produced a model, or None.
 
-    Looked for next to a `.keras` file, and in a SavedModel version folder and up to three
-    folders above it (`<run>/export/<name>/<version>`).
+    Looked for next to a `.keras` file (`<name>.config.json` first, so that several shipped
+    models can share a folder, as in `pretrained/`, then `config.json`), and in a SavedModel
+    version folder and up to three folders above it (`<run>/export/<name>/<version>`).
     """
     path = Path(model_path)
+    if path.is_file() and path.with_suffix(".config.json").is_file():
+        return path.with_suffix(".config.json")
     folders = [path.parent] if path.is_file() else [path, *path.parents[:_CONFIG_LEVELS]]
     for folder in folders:
         if (folder / "config.json").is_file():

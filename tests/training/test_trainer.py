@@ -85,6 +85,51 @@ def test_resume_restores_weights_and_optimizer(tmp_path):
     assert not np.allclose(first.model.get_layer("flow").get_weights()[0], 0)
 
 
+def test_init_weights_starts_a_diffeomorphic_run_from_a_plain_model(tmp_path):
+    plain = tiny_config(tmp_path / "plain", epochs=1, export=False)
+    plain.model = ModelConfig(**{**TINY.__dict__, "int_steps": 0})
+    plain_model = train(plain).model
+    source = plain_model.get_weights()
+    # Adam moves each weight by about lr per step: with lr 1e-9 the run keeps its start.
+    run = train(
+        tiny_config(
+            tmp_path / "diffeo",
+            epochs=1,
+            export=False,
+            lr=1e-9,
+            init_weights=str(tmp_path / "plain" / "last.keras"),
+        )
+    )
+    assert run.model.int_steps == TINY.int_steps
+    for got, want in zip(run.model.get_weights(), source, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    fresh = train(tiny_config(tmp_path / "fresh", epochs=1, export=False, lr=1e-9)).model
+    want = plain_model.get_layer("flow").get_weights()[0]
+    assert not np.allclose(fresh.get_layer("flow").get_weights()[0], want, atol=1e-6)
+
+
+def test_init_weights_errors_name_the_file(tmp_path):
+    missing = tmp_path / "nope.keras"
+    with pytest.raises(FileNotFoundError, match="nope.keras"):
+        train(tiny_config(tmp_path / "a", epochs=1, export=False, init_weights=str(missing)))
+    wide = tiny_config(tmp_path / "wide", epochs=1, export=False)
+    wide.model = ModelConfig(**{**TINY.__dict__, "enc_features": (4, 8, 8, 16)})
+    train(wide)
+    with pytest.raises(ValueError, match="do not fit"):
+        train(
+            tiny_config(
+                tmp_path / "b",
+                epochs=1,
+                export=False,
+                init_weights=str(tmp_path / "wide" / "last.keras"),
+            )
+        )
+    junk = tmp_path / "junk.keras"
+    junk.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="junk.keras"):
+        train(tiny_config(tmp_path / "c", epochs=1, export=False, init_weights=str(junk)))
+
+
 def test_atomic_writes_keep_the_good_file(tmp_path, monkeypatch):
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     path = tmp_path / "m.keras"

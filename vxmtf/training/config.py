@@ -99,6 +99,7 @@ class TrainConfig:
     resume: bool = False
     save_every: int = 0  # also back up every N steps (0: at the end of each epoch only)
     export: bool = True
+    init_weights: str | None = None  # a trained `.keras` VxmDense to start from (fine-tuning)
 
     def __post_init__(self):
         if self.image_loss not in IMAGE_LOSSES:

@@ -63,6 +63,8 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy | None = None) -> 
     with _precision(cfg.mixed_precision), strategy.scope():
         keras.utils.set_random_seed(cfg.seed)
         model = VxmDense(data.shape, **config.model.kwargs(), name="vxm_dense")
+        if cfg.init_weights and not (cfg.resume and state.latest() is not None):
+            load_initial_weights(model, cfg.init_weights)
         trainer_model, losses, weights = _training_model(model, config, data.num_classes)
         trainer_model.compile(
             optimizer=keras.optimizers.Adam(cfg.lr),
@@ -109,6 +111,45 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy | None = None) -> 
     return TrainResult(
         model, history, model_dir, export_path, initial_epoch, time.perf_counter() - start
     )
+
+
+def load_initial_weights(model: VxmDense, path) -> None:
+    """Copies the weights of the trained `VxmDense` saved at `path` into `model` (fine-tuning).
+
+    The two must have the same convolutions (encoder / decoder features, dimensionality); the
+    input size, `int_steps` and `int_resolution` may differ, as none of them owns weights (a
+    diffeomorphic model may start from a plain one). A resumed run ignores this: its own state
+    holds newer weights.
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        ValueError: `path` is not a `.keras` VxmDense, or its weights do not fit `model`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--init-weights: no such model file: {path}")
+    try:
+        source = keras.models.load_model(path, compile=False)
+    except Exception as error:  # Keras raises many types for a bad archive.
+        raise ValueError(
+            f"--init-weights: could not load {path}: expected a .keras model saved by vxmtf. "
+            f"Received: error={type(error).__name__}: {error}"
+        ) from error
+    if not isinstance(source, VxmDense):
+        raise ValueError(
+            f"--init-weights: expected a vxmtf VxmDense in {path}. "
+            f"Received: a {type(source).__name__}"
+        )
+    expected = [tuple(w.shape) for w in model.weights]
+    received = [tuple(w.shape) for w in source.weights]
+    if expected != received:
+        raise ValueError(
+            f"--init-weights: the weights of {path} do not fit this model. Expected shapes "
+            f"{expected}. Received: {received} (enc {source.enc_features}, dec "
+            f"{source.dec_features}, ndim {len(source.inshape)})"
+        )
+    model.set_weights(source.get_weights())
+    logger.info("Initial weights from %s", path)
 
 
 def _training_model(model: VxmDense, config: RunConfig, num_classes: int):
