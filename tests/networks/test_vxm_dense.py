@@ -161,6 +161,96 @@ def test_unet_serializes():
     assert clone.output.shape == (None, 16, 16, 4)
 
 
+# --- Recomputation (`recompute=True`): the same training with less memory ------------------
+
+
+@pytest.mark.parametrize("int_steps", [0, 3])
+def test_recompute_trains_like_the_plain_model(int_steps):
+    # One Keras training step (graph mode, as in `fit`) from the same weights: the same loss
+    # and the same updated weights, up to float rounding.
+    rng = np.random.default_rng(5)
+    x = [rng.uniform(size=(2, 16, 16, 16, 1)).astype(np.float32) for _ in range(2)]
+    y = {"moved": x[1], "preint_flow": np.zeros((2, 1), np.float32)}
+    results = []
+    for recompute in (False, True):
+        keras.utils.set_random_seed(0)
+        model = VxmDense((16, 16, 16), int_steps=int_steps, recompute=recompute, **SMALL)
+        # A sizeable field, so that the warp and the smoothness term have gradients.
+        kernel, bias = model.get_layer("flow").get_weights()
+        model.get_layer("flow").set_weights([rng.normal(0, 0.05, kernel.shape), bias])
+        if results:
+            model.set_weights(results[0][2])
+        start = model.get_weights()
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.5),
+            loss={"moved": NCC(), "preint_flow": Grad("l2")},
+        )
+        loss = model.train_on_batch(x, y)
+        results.append((loss, model.get_weights(), start))
+    (loss0, after0, start), (loss1, after1, _) = results
+    np.testing.assert_allclose(loss1, loss0, rtol=1e-5)
+    for w0, w1, w in zip(after0, after1, start, strict=True):
+        step0 = w0 - w
+        assert np.abs(step0).max() > 0  # every weight moved: it had a gradient
+        np.testing.assert_allclose(w1 - w, step0, rtol=0, atol=1e-3 * np.abs(step0).max())
+
+
+def test_recompute_keras_file_round_trip_and_weights_load_into_the_plain_model(tmp_path):
+    model = VxmDense((16, 16, 16), int_steps=2, recompute=True, **SMALL)
+    rng = np.random.default_rng(6)
+    model.set_weights([rng.normal(0, 0.1, w.shape) for w in model.get_weights()])
+    assert model.get_config()["recompute"] is True
+    model.save(tmp_path / "model.keras")
+    model.save_weights(tmp_path / "model.weights.h5")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    assert loaded.get_config() == model.get_config()
+    assert loaded.get_layer("unet").recompute is True
+    plain = VxmDense((16, 16, 16), int_steps=2, **SMALL)
+    plain.load_weights(tmp_path / "model.weights.h5")  # the same layout: no recompute needed
+    x = [rng.uniform(size=(1, 16, 16, 16, 1)).astype(np.float32) for _ in range(2)]
+    expected = model.predict_on_batch(x)
+    for other in (loaded, plain):
+        got = other.predict_on_batch(x)
+        for key in expected:
+            np.testing.assert_array_equal(got[key], expected[key])
+    assert VxmDense((16, 16, 16), **SMALL).get_config()["recompute"] is False
+
+
+def test_recompute_under_mixed_bfloat16_keeps_the_tiny_grid_guard():
+    # As test_mixed_bfloat16_weight_gradients_on_grids_smaller_than_the_kernel, through the
+    # recomputing path (training=True): the 2^3 convolutions still run in float32.
+    rng = np.random.default_rng(4)
+    x = rng.uniform(size=(1, 32, 32, 32, 1)).astype(np.float32)
+    y = np.roll(x, 2, axis=1)
+
+    def gradients(policy, recompute, weights=None):
+        keras.mixed_precision.set_global_policy(policy)
+        try:
+            model = VxmDense((32, 32, 32), int_steps=0, recompute=recompute)
+            if weights is not None:
+                model.set_weights(weights)
+            with tf.GradientTape() as tape:
+                moved = model([x, y], training=True)["moved"]
+                loss = tf.reduce_mean(tf.square(tf.cast(moved, tf.float32) - y))
+            grads = tape.gradient(loss, model.trainable_weights)
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+        names = [w.path for w in model.trainable_weights]
+        return model.get_weights(), dict(zip(names, grads, strict=True))
+
+    weights, expected = gradients("float32", recompute=False)
+    _, mixed = gradients("mixed_bfloat16", recompute=True, weights=weights)
+    for name in ("dec_conv_0/kernel", "dec_conv_1/kernel", "enc_conv_1/kernel"):
+        reference = np.asarray(expected[name])
+        error = np.abs(np.asarray(mixed[name], np.float32) - reference).max()
+        assert error < 0.1 * np.abs(reference).max(), name
+
+
+def test_recompute_must_be_a_bool():
+    with pytest.raises(TypeError, match="Received: recompute='yes'"):
+        VxmDense((16, 16), recompute="yes", **SMALL)
+
+
 # --- The model learns: a short optimisation on a synthetic pair -------------------------------
 
 

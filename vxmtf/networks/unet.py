@@ -1,6 +1,7 @@
 """`Unet`: the VoxelMorph convolutional encoder-decoder backbone."""
 
 import keras
+import tensorflow as tf
 
 
 @keras.saving.register_keras_serializable(package="vxmtf")
@@ -13,15 +14,30 @@ class Unet(keras.Model):
     the remaining `dec_features` are convolutions at full resolution. With the defaults
     (16-32-32-32 / 32-32-32-32-32-16-16) this is the network of the VoxelMorph papers.
 
+    Recomputation (`recompute=True`, to train at lower peak memory): called with
+    `training=True`, every block (convolution + LeakyReLU, preceded in the decoder by the
+    upsampling and concatenation that feed it) runs under `tf.recompute_grad`. The backward pass
+    keeps only each block's inputs and computes the block again to get its gradients, instead of
+    keeping every convolution's output before and after its activation. A decoder block also
+    computes its convolution from the coarse tensor and the skip directly
+    (`upsample_concat_conv`), never building the upsampled tensor or the concatenation, with a
+    3.4x cheaper transposed convolution in 3D for the upsampled part; that pays for most of the
+    recomputation. Same layers and weights; outputs and gradients equal to the plain graph's up
+    to float rounding. Inference (`training=False`), evaluation and export run the plain
+    functional graph either way.
+
     Args:
         inshape: spatial shape (ints, or None for sizes known only at run time); known sizes
             must be divisible by `2 ** len(enc_features)`.
         in_channels: channels of the input (2 for a concatenated moving/fixed pair).
         enc_features: features of each encoder level.
         dec_features: at least `len(enc_features)` decoder features.
+        recompute: recompute the blocks' activations in the backward pass when training
+            (see above).
 
     Call arguments:
         x: `(batch, *inshape, in_channels)`; returns `(batch, *inshape, dec_features[-1])`.
+        training: with `recompute`, True selects the recomputing path.
     """
 
     def __init__(
@@ -30,6 +46,7 @@ class Unet(keras.Model):
         in_channels=2,
         enc_features=(16, 32, 32, 32),
         dec_features=(32, 32, 32, 32, 32, 16, 16),
+        recompute=False,
         **kwargs,
     ):
         # Inputs checked.
@@ -42,6 +59,7 @@ class Unet(keras.Model):
                 f"({len(enc_features)}). Received: enc_features={enc_features}, "
                 f"dec_features={dec_features}"
             )
+        check_recompute(recompute)
         ndim = len(inshape)
         conv = keras.layers.Conv3D if ndim == 3 else keras.layers.Conv2D
         pool = keras.layers.MaxPooling3D if ndim == 3 else keras.layers.MaxPooling2D
@@ -61,40 +79,52 @@ class Unet(keras.Model):
             tiny = bool(known) and min(known) // 2**level < 3
             return "float32" if compute_dtype == "bfloat16" and tiny else None
 
-        def conv_block(x, features, name, level):
-            x = conv(
+        def conv_block(features, name, level):
+            layers[name] = conv(
                 features,
                 3,
                 padding="same",
                 kernel_initializer="he_normal",
                 dtype=conv_dtype(level),
                 name=name,
-            )(x)
-            return keras.layers.LeakyReLU(0.2, name=f"{name}_activation")(x)
+            )
+            layers[f"{name}_activation"] = keras.layers.LeakyReLU(0.2, name=f"{name}_activation")
+
+        # Layers, by name (`_unet_graph` wires them).
+        layers = {}
+        levels = len(enc_features)
+        for level, features in enumerate(enc_features):
+            conv_block(features, f"enc_conv_{level}", level)
+            layers[f"enc_pool_{level}"] = pool(2, dtype=pool_dtype, name=f"enc_pool_{level}")
+        for level in range(levels):
+            # dec_conv_k works on the grid pooled `levels - k` times.
+            conv_block(dec_features[level], f"dec_conv_{level}", levels - level)
+            layers[f"dec_upsample_{level}"] = upsample(2, name=f"dec_upsample_{level}")
+            layers[f"dec_concat_{level}"] = keras.layers.Concatenate(name=f"dec_concat_{level}")
+        for index, features in enumerate(dec_features[levels:]):
+            conv_block(features, f"final_conv_{index}", 0)
 
         # Functional graph.
         inputs = keras.Input(shape=(*inshape, in_channels), name="unet_input")
-        x = inputs
-        skips = []
-        for level, features in enumerate(enc_features):
-            x = conv_block(x, features, f"enc_conv_{level}", level)
-            skips.append(x)
-            x = pool(2, dtype=pool_dtype, name=f"enc_pool_{level}")(x)
-        levels = len(enc_features)
-        for level in range(levels):
-            # dec_conv_k works on the grid pooled `levels - k` times.
-            x = conv_block(x, dec_features[level], f"dec_conv_{level}", levels - level)
-            x = upsample(2, name=f"dec_upsample_{level}")(x)
-            x = keras.layers.Concatenate(name=f"dec_concat_{level}")([x, skips.pop()])
-        for index, features in enumerate(dec_features[levels:]):
-            x = conv_block(x, features, f"final_conv_{index}", 0)
-        super().__init__(inputs=inputs, outputs=x, **kwargs)
+        outputs = _unet_graph(layers, inputs, levels, len(dec_features) - levels)
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
         # Config.
         self.inshape = inshape
         self.in_channels = in_channels
         self.enc_features = enc_features
         self.dec_features = dec_features
+        self.recompute = recompute
+
+    def call(self, inputs, training=None, mask=None):
+        if not (self.recompute and training):
+            return super().call(inputs, training=training, mask=mask)
+        if isinstance(inputs, (list, tuple)):
+            (inputs,) = inputs
+        layers = {layer.name: layer for layer in self.layers}
+        levels = len(self.enc_features)
+        finals = len(self.dec_features) - levels
+        return _unet_graph(layers, inputs, levels, finals, recompute=True)
 
     def get_config(self):
         return {
@@ -104,11 +134,152 @@ class Unet(keras.Model):
             "in_channels": self.in_channels,
             "enc_features": self.enc_features,
             "dec_features": self.dec_features,
+            "recompute": self.recompute,
         }
 
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+def _unet_graph(layers, x, levels, finals, recompute=False):
+    """The U-Net's wiring of `layers` (by name) applied to `x`.
+
+    The network is a chain of blocks: a convolution + LeakyReLU, preceded in the decoder by the
+    2x upsampling of the coarser tensor and its concatenation with the skip connection. The
+    functional graph (`recompute=False`, symbolic tensors) calls the layers. With `recompute`,
+    each block runs under `tf.recompute_grad`, and a decoder block computes its convolution
+    from the coarse tensor and the skip directly (`upsample_concat_conv`), without the
+    upsampled tensor and the concatenation: the same function with the same weights.
+    """
+    apply = _recomputed if recompute else _direct
+
+    def conv_act(name):
+        conv, activation = layers[name], layers[f"{name}_activation"]
+        return lambda t: activation(conv(t))
+
+    def decoder_block(level, name):
+        upsample, concat = layers[f"dec_upsample_{level}"], layers[f"dec_concat_{level}"]
+        if name is None:  # no convolution after the last level
+            return lambda coarse, skip: concat([upsample(coarse), skip])
+        conv, activation = layers[name], layers[f"{name}_activation"]
+        if recompute:
+            return lambda coarse, skip: activation(upsample_concat_conv(coarse, skip, conv))
+        return lambda coarse, skip: activation(conv(concat([upsample(coarse), skip])))
+
+    skips = []
+    for level in range(levels):
+        x = apply(conv_act(f"enc_conv_{level}"), x)
+        skips.append(x)
+        x = layers[f"enc_pool_{level}"](x)
+    x = apply(conv_act("dec_conv_0"), x)
+    # Each decoder block ends with the next convolution: dec_conv_{level + 1}, or final_conv_0
+    # after the last level (none when there are no final convolutions).
+    for level in range(levels):
+        following = f"dec_conv_{level + 1}" if level + 1 < levels else "final_conv_0"
+        following = following if level + 1 < levels or finals else None
+        x = apply(decoder_block(level, following), x, skips.pop())
+    for index in range(1, finals):
+        x = apply(conv_act(f"final_conv_{index}"), x)
+    return x
+
+
+def _direct(fn, *tensors):
+    return fn(*tensors)
+
+
+def _recomputed(fn, *tensors):
+    # Positional arguments only: in graph mode TensorFlow's custom gradients take no keywords.
+    # The variables the layers read inside `fn` get gradients through `recompute_grad`'s
+    # `variables` argument (TensorFlow watches the variables read in the forward pass).
+    return tf.recompute_grad(fn)(*tensors)
+
+
+def upsample_concat_conv(coarse, skip, conv):
+    """`conv(concatenate([upsample_2x(coarse), skip]))` without the upsampled tensor.
+
+    `conv` is a U-Net convolution layer (3^ndim kernel, "same" padding, stride 1). Its kernel
+    splits along input channels into the part that reads the upsampled tensor and the part that
+    reads the skip; the first is applied to `coarse` by `upsample_conv`, the second to `skip` by
+    a plain convolution, and the bias is added once. Computed in `conv`'s compute dtype.
+
+    Args:
+        coarse: `(batch, *spatial, c)`, half the size of `skip` along every spatial axis.
+        skip: `(batch, *2 spatial, c_skip)`.
+        conv: a built `keras.layers.Conv2D`/`Conv3D` with `c + c_skip` input channels.
+
+    Returns:
+        `(batch, *2 spatial, conv.filters)`, before the activation.
+    """
+    dtype = conv.compute_dtype
+    coarse = tf.cast(coarse, dtype)
+    skip = tf.cast(skip, dtype)
+    kernel = tf.cast(conv.kernel, dtype)
+    channels = coarse.shape[-1]
+    # kernel: (*3^ndim, c + c_skip, filters) -> the two parts, along input channels.
+    out = upsample_conv(coarse, kernel[..., :channels, :])
+    # An explicit data_format: without one, TensorFlow 2.21's eager gradient of a 3D
+    # convolution fails (its recorded op has no data_format attribute).
+    data_format = "NDHWC" if skip.shape.rank == 5 else "NHWC"
+    out += tf.nn.convolution(
+        skip, kernel[..., channels:, :], padding="SAME", data_format=data_format
+    )
+    if conv.use_bias:
+        out = tf.nn.bias_add(out, tf.cast(conv.bias, dtype))
+    return out
+
+
+def upsample_conv(x, kernel):
+    """A "same" 3^ndim convolution of the 2x nearest-neighbour upsampling of `x`, in one op.
+
+    Along one axis, output voxel `2i + p` of the convolution reads the upsampled voxels
+    `2i + p - 1, 2i + p, 2i + p + 1`, that is `x[i - 1], x[i], x[i]` for `p = 0` and
+    `x[i], x[i], x[i + 1]` for `p = 1`: two taps of `x` with summed kernel taps. With the
+    4-tap kernel `K = (k[2], k[1] + k[2], k[0] + k[1], k[0])` (`k` the 3-tap kernel) a
+    stride-2 transposed convolution ("same" padding: one voxel on each side) computes exactly
+    these sums, axis by axis, and zero padding of the upsampled tensor is zero padding of `x`.
+    It neither builds the upsampled tensor nor spends the convolution's work on its repeated
+    values: 4^ndim taps per coarse voxel instead of 3^ndim for each of its 2^ndim fine voxels
+    (64 against 216 in 3D, 3.4x fewer multiplications). Equal to upsampling then convolving up
+    to float rounding (the kernel taps are summed first).
+
+    Args:
+        x: `(batch, *spatial, in_channels)`, 2 or 3 spatial axes.
+        kernel: `(*(3,) * ndim, in_channels, out_channels)`.
+
+    Returns:
+        `(batch, *(2 * spatial), out_channels)`.
+
+    Raises:
+        ValueError: `x` without 2 or 3 spatial axes, or a kernel that is not 3^ndim.
+    """
+    ndim = x.shape.rank - 2
+    if ndim not in (2, 3) or tuple(kernel.shape[:-2]) != (3,) * ndim:
+        raise ValueError(
+            "Expected `x` of shape (batch, *spatial, channels) with 2 or 3 spatial axes and a "
+            f"3^ndim `kernel`. Received: x.shape={x.shape}, kernel.shape={kernel.shape}"
+        )
+    # (4, 3): row t is tap t of the 4-tap kernel as a sum of taps of the 3-tap kernel.
+    fold = tf.constant([[0, 0, 1], [0, 1, 1], [1, 1, 0], [1, 0, 0]], dtype=kernel.dtype)
+    # kernel (*(3,) * ndim, in, out) -> (*(4,) * ndim, out, in), the layout of the filter of a
+    # transposed convolution, folded along every spatial axis.
+    spec = {2: "ai,bj,ijmn->abnm", 3: "ai,bj,ck,ijkmn->abcnm"}[ndim]
+    kernel4 = tf.einsum(spec, *([fold] * ndim), kernel)
+    shape = tf.shape(x)
+    output_shape = tf.concat([shape[:1], 2 * shape[1:-1], tf.shape(kernel)[-1:]], axis=0)
+    data_format = "NDHWC" if ndim == 3 else "NHWC"
+    return tf.nn.conv_transpose(
+        x, kernel4, output_shape, strides=2, padding="SAME", data_format=data_format
+    )
+
+
+def check_recompute(recompute):
+    """Raises `TypeError` unless `recompute` is a bool."""
+    if not isinstance(recompute, bool):
+        raise TypeError(
+            "`recompute` must be True or False (recompute activations in the backward pass). "
+            f"Received: recompute={recompute!r}"
+        )
 
 
 def check_inshape(inshape, levels):

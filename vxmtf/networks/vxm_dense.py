@@ -7,7 +7,7 @@ import keras
 from vxmtf.layers.rescale_transform import RescaleTransform
 from vxmtf.layers.spatial_transformer import SpatialTransformer
 from vxmtf.layers.vec_int import VecInt
-from vxmtf.networks.unet import Unet, check_inshape
+from vxmtf.networks.unet import Unet, check_inshape, check_recompute
 
 
 @keras.saving.register_keras_serializable(package="vxmtf")
@@ -42,6 +42,10 @@ class VxmDense(keras.Model):
         int_resolution: integer factor by which the velocity is coarser than the image
             (only used when `int_steps > 0`).
         bidir: also output the inverse warp of the fixed image.
+        recompute: train at lower peak memory by recomputing the U-Net's activations in the
+            backward pass (`Unet`'s `recompute`): one more U-Net forward pass per training
+            step. The weights are the same as without it (a model trained with it loads into
+            one without), and inference is unchanged.
 
     Call arguments:
         inputs: `[moving, fixed]` or `{"moving": ..., "fixed": ...}`, each
@@ -56,6 +60,7 @@ class VxmDense(keras.Model):
         int_steps=7,
         int_resolution=2,
         bidir=False,
+        recompute=False,
         **kwargs,
     ):
         # Inputs checked.
@@ -79,12 +84,13 @@ class VxmDense(keras.Model):
                     f"Every size in `inshape` must be divisible by `int_resolution` "
                     f"({int_resolution}). Received: inshape={inshape}"
                 )
+        check_recompute(recompute)
         ndim = len(inshape)
         integrate = int_steps > 0
         coarse = integrate and int_resolution > 1
 
         # Layers.
-        unet = Unet(inshape, 2, enc_features, dec_features, name="unet")
+        unet = Unet(inshape, 2, enc_features, dec_features, recompute=recompute, name="unet")
         conv = keras.layers.Conv3D if ndim == 3 else keras.layers.Conv2D
         # The head and everything after it run in float32 under mixed precision: fields are
         # coordinates and must keep sub-voxel resolution.
@@ -137,6 +143,7 @@ class VxmDense(keras.Model):
         self.int_steps = int_steps
         self.int_resolution = int_resolution
         self.bidir = bidir
+        self.recompute = recompute
 
     @property
     def size_multiple(self):
@@ -163,6 +170,7 @@ class VxmDense(keras.Model):
             "int_steps": self.int_steps,
             "int_resolution": self.int_resolution,
             "bidir": self.bidir,
+            "recompute": self.recompute,
         }
 
     @classmethod
