@@ -127,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="float16 (GPU) / bfloat16 (CPU) compute with float32 fields",
     )
     g.add_argument("--xla", action="store_true", help="compile the training step with XLA")
+    g.add_argument(
+        "--recompute",
+        action="store_true",
+        help="recompute the U-Net's activations in the backward pass: lower peak memory, "
+        "one more forward pass per step (same weights and results)",
+    )
     g.add_argument("--resume", action="store_true", help="continue the run in --model-dir")
     g.add_argument(
         "--init-weights",
@@ -178,6 +184,7 @@ def config_from_args(args):
             seed=args.seed,
             mixed_precision=args.mixed_precision,
             xla=args.xla,
+            recompute=args.recompute,
             resume=args.resume,
             save_every=args.save_every,
             export=args.export,

@@ -96,6 +96,11 @@ class TrainConfig:
     seed: int = 0
     mixed_precision: bool = False
     xla: bool = False
+    # Recompute the U-Net's activations in the backward pass (`VxmDense(recompute=True)`):
+    # lower peak memory for one more U-Net forward pass per step. A switch of how gradients
+    # are computed, not of the architecture: the weights are the same, and a run may be resumed
+    # with or without it.
+    recompute: bool = False
     resume: bool = False
     save_every: int = 0  # also back up every N steps (0: at the end of each epoch only)
     export: bool = True

@@ -62,7 +62,9 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy | None = None) -> 
 
     with _precision(cfg.mixed_precision), strategy.scope():
         keras.utils.set_random_seed(cfg.seed)
-        model = VxmDense(data.shape, **config.model.kwargs(), name="vxm_dense")
+        model = VxmDense(
+            data.shape, **config.model.kwargs(), recompute=cfg.recompute, name="vxm_dense"
+        )
         if cfg.init_weights and not (cfg.resume and state.latest() is not None):
             load_initial_weights(model, cfg.init_weights)
         trainer_model, losses, weights = _training_model(model, config, data.num_classes)
