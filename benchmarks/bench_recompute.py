@@ -1,0 +1,307 @@
+"""`python -m benchmarks.bench_recompute`: a training step with and without recomputation.
+
+Measures `VxmDense(recompute=...)` (`python -m train --recompute`) on the training step of
+`benchmarks.workloads`: default network, batch 1, NCC window 9 on `moved` + Grad l2 on
+`preint_flow`, Adam; the training model built by `vxmtf.training.trainer._training_model`,
+timed with `train_on_batch` on one repeated random pair. For each shape and int_steps:
+
+- memory: each setting (recompute off / on) runs in its own process, `--rounds` times,
+  interleaved (off, on, on, off, ...), so that a process's peak resident memory (`ru_maxrss`,
+  TensorFlow's own ~0.76 GB included, GB = 10^9 bytes) is that setting's alone. Their median
+  step times are reported too, but they come from different processes at different times.
+- time: one more process builds both training models from the same weights and alternates
+  their steps (off, on, on, off, ...), so that a changing background load hits both alike. It
+  reports the median step time of each and the ratio of the medians, and the median of the
+  ratios of adjacent steps.
+
+    python -m benchmarks.bench_recompute                       # 80x96x112, int_steps 0 and 7
+    python -m benchmarks.bench_recompute --shapes 160x192x224 --int-steps 0 7 --rounds 1 \\
+        --repeats 2 --warmup 1
+
+Prints Markdown tables; `--out FILE` also writes every process's result as JSON.
+"""
+
+import os
+
+# Before TensorFlow is imported (the children import vxmtf): as `benchmarks.case` does.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import resource  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+# Rough peak of the plain training step: 1 GB plus 1.6 kB per voxel (10.5-11.4 GB measured at
+# 160x192x224); a process does not start unless the machine has this much memory available.
+BASE_GB, GB_PER_VOXEL = 1.0, 1.6e-6
+
+
+def peak_memory_gb():
+    """Peak resident memory of this process so far, in GB (Linux `ru_maxrss` is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+
+def available_gb():
+    """`MemAvailable` of /proc/meminfo in GB, or None where there is no such file."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024 / 1e9
+    except OSError:
+        pass
+    return None
+
+
+def parse_shape(text):
+    """`"80x96x112"` -> `(80, 96, 112)`.
+
+    Raises:
+        argparse.ArgumentTypeError: not 2 or 3 positive integers joined by `x`.
+    """
+    try:
+        shape = tuple(int(s) for s in text.split("x"))
+    except ValueError:
+        shape = ()
+    if len(shape) not in (2, 3) or min(shape) < 1:
+        raise argparse.ArgumentTypeError(
+            f"Expected a shape like 80x96x112 (2 or 3 positive sizes). Received: {text!r}"
+        )
+    return shape
+
+
+def build_step(shape, int_steps, recompute, weights=None):
+    """A compiled training model; returns `(step, model)`, `step()` giving the step's loss."""
+    import keras
+    import tensorflow as tf
+
+    from benchmarks.workloads import random_pair
+    from vxmtf.networks import VxmDense
+    from vxmtf.training.config import ModelConfig, RunConfig, TrainConfig
+    from vxmtf.training.trainer import _training_model
+
+    keras.utils.set_random_seed(0)  # the same initial weights with and without recompute
+    config = RunConfig(
+        model=ModelConfig(int_steps=int_steps), train=TrainConfig(recompute=recompute)
+    )
+    model = VxmDense(shape, **config.model.kwargs(), recompute=recompute, name="vxm_dense")
+    if weights is not None:
+        model.set_weights(weights)
+    trainer, losses, loss_weights = _training_model(model, config, num_classes=0)
+    trainer.compile(
+        optimizer=keras.optimizers.Adam(config.train.lr), loss=losses, loss_weights=loss_weights
+    )
+    moving, fixed = random_pair(shape)
+    x = {"moving": moving, "fixed": fixed}
+    y = {"moved": fixed, "preint_flow": tf.zeros([1, 1])}  # Grad ignores its target
+
+    def step():
+        return float(trainer.train_on_batch(x, y, return_dict=True)["loss"])
+
+    return step, model
+
+
+def memory_case(shape, int_steps, recompute, repeats, warmup):
+    """Time one setting's step in this process and report its peak memory."""
+    import numpy as np
+
+    from benchmarks.workloads import time_calls
+
+    import_gb = peak_memory_gb()
+    step, _ = build_step(shape, int_steps, recompute)
+    losses = []
+    result = time_calls(lambda: losses.append(step()), repeats, warmup)
+    result.update(
+        losses=losses,
+        finite_losses=bool(np.all(np.isfinite(losses))),
+        import_gb=import_gb,
+        peak_gb=peak_memory_gb(),
+    )
+    return result
+
+
+def time_case(shape, int_steps, repeats, warmup):
+    """Alternate the steps of both settings in this process; their times and ratios."""
+    plain, model = build_step(shape, int_steps, recompute=False)
+    recomputing, _ = build_step(shape, int_steps, recompute=True, weights=model.get_weights())
+    steps = {False: plain, True: recomputing}
+    for _ in range(warmup):
+        plain()
+        recomputing()
+    times = {False: [], True: []}
+    losses = {False: [], True: []}
+    for index in range(repeats):
+        order = (False, True) if index % 2 == 0 else (True, False)
+        for recompute in order:
+            start = time.perf_counter()
+            losses[recompute].append(steps[recompute]())
+            times[recompute].append(time.perf_counter() - start)
+    ratios = [on / off for on, off in zip(times[True], times[False], strict=True)]
+    return {
+        "times_off": times[False],
+        "times_on": times[True],
+        "losses_off": losses[False],
+        "losses_on": losses[True],
+        "median_off": statistics.median(times[False]),
+        "median_on": statistics.median(times[True]),
+        "median_pair_ratio": statistics.median(ratios),
+        "peak_gb": peak_memory_gb(),
+    }
+
+
+def run_child(kind, shape, int_steps, recompute, repeats, warmup, min_available_gb):
+    """Run one `memory` or `time` case in a new process; its result dict (or an `error`)."""
+    case = {"kind": kind, "shape": list(shape), "int_steps": int_steps, "recompute": recompute}
+    voxels = 1
+    for size in shape:
+        voxels *= size
+    needed = min_available_gb if min_available_gb is not None else BASE_GB + GB_PER_VOXEL * voxels
+    free = available_gb()
+    if free is not None and free < needed:
+        return {**case, "error": f"skipped: {free:.1f} GB available, {needed:.1f} GB needed"}
+    command = [sys.executable, "-m", "benchmarks.bench_recompute", "--child", kind]
+    command += ["x".join(str(s) for s in shape), str(int_steps), str(int(recompute))]
+    command += ["--repeats", str(repeats), "--warmup", str(warmup)]
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        tail = done.stderr.strip().splitlines()[-5:]
+        return {**case, "error": f"exit {done.returncode}: " + " | ".join(tail)}
+    return {**case, **json.loads(lines[-1]), "process_s": time.perf_counter() - start}
+
+
+def markdown(results):
+    """The memory table and the time table, as Markdown lines."""
+    lines = [
+        "| shape | int_steps | recompute | processes | peak GB (each process) | "
+        "median step s (loaded) | first loss |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    groups = {}
+    for r in results:
+        key = ("x".join(map(str, r["shape"])), r["int_steps"])
+        groups.setdefault(key, []).append(r)
+    timing = []
+    for (shape, int_steps), runs in groups.items():
+        for recompute in (False, True):
+            mine = [r for r in runs if r["kind"] == "memory" and r["recompute"] == recompute]
+            good = [r for r in mine if "error" not in r]
+            state = "on" if recompute else "off"
+            if mine and not good:
+                errors = "; ".join(r["error"] for r in mine)
+                lines.append(f"| {shape} | {int_steps} | {state} | 0 | {errors} | | |")
+            elif good:
+                peaks = ", ".join(f"{r['peak_gb']:.2f}" for r in good)
+                median = statistics.median(t for r in good for t in r["times"])
+                lines.append(
+                    f"| {shape} | {int_steps} | {state} | {len(good)} | {peaks} | "
+                    f"{median:.2f} | {good[0]['losses'][0]:.6f} |"
+                )
+        for r in runs:
+            if r["kind"] != "time":
+                continue
+            if "error" in r:
+                timing.append(f"| {shape} | {int_steps} | {r['error']} | | | | |")
+                continue
+            timing.append(
+                f"| {shape} | {int_steps} | {len(r['times_on'])} | {r['median_off']:.2f} | "
+                f"{r['median_on']:.2f} | {r['median_on'] / r['median_off']:.2f} | "
+                f"{r['median_pair_ratio']:.2f} |"
+            )
+    if timing:
+        lines += [
+            "",
+            "Steps alternated in one process (times under whatever load the machine had):",
+            "",
+            "| shape | int_steps | steps each | off: median s | on: median s | "
+            "on / off (medians) | on / off (median of adjacent pairs) |",
+            "|---|---|---|---|---|---|---|",
+            *timing,
+        ]
+    return lines
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_recompute",
+        description="Training step time and peak memory with and without VxmDense(recompute).",
+    )
+    p.add_argument("--shapes", type=parse_shape, nargs="+", default=[(80, 96, 112)])
+    p.add_argument("--int-steps", type=int, nargs="+", default=[0, 7])
+    p.add_argument("--repeats", type=int, default=5, help="timed steps per process and setting")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first, per setting")
+    p.add_argument("--rounds", type=int, default=2, help="memory processes per setting")
+    p.add_argument(
+        "--measure",
+        choices=("both", "memory", "time"),
+        default="both",
+        help="memory processes, the alternating time process, or both",
+    )
+    p.add_argument(
+        "--settings",
+        choices=("both", "off", "on"),
+        default="both",
+        help="memory processes with and without recomputation, or one of them only",
+    )
+    p.add_argument(
+        "--min-available-gb",
+        type=float,
+        default=None,
+        help="start a process only with this much memory available "
+        "(default: an estimate of the plain step's peak)",
+    )
+    p.add_argument("--out", type=Path, help="also write every process's result here (JSON)")
+    p.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.child:
+        kind, shape, int_steps, recompute = args.child
+        shape, int_steps = parse_shape(shape), int(int_steps)
+        if kind == "memory":
+            result = memory_case(shape, int_steps, bool(int(recompute)), args.repeats, args.warmup)
+        else:
+            result = time_case(shape, int_steps, args.repeats, args.warmup)
+        print(json.dumps(result))
+        return 0
+
+    results = []
+
+    def run(kind, shape, int_steps, recompute):
+        r = run_child(
+            kind, shape, int_steps, recompute, args.repeats, args.warmup, args.min_available_gb
+        )
+        results.append(r)
+        if "error" in r:
+            summary = r["error"]
+        elif kind == "memory":
+            summary = f"peak {r['peak_gb']:.2f} GB, median {statistics.median(r['times']):.2f} s"
+        else:
+            summary = f"median off {r['median_off']:.2f} s, on {r['median_on']:.2f} s"
+        setting = f"recompute {'on' if recompute else 'off'}" if kind == "memory" else "both"
+        name = "x".join(map(str, shape))
+        print(f"{name} int{int_steps} {kind} {setting}: {summary}", file=sys.stderr, flush=True)
+        if args.out:
+            args.out.write_text(json.dumps(results, indent=1) + "\n")
+
+    for shape in args.shapes:
+        for int_steps in args.int_steps:
+            if args.measure in ("both", "memory"):
+                order = ([False, True, True, False] * args.rounds)[: 2 * args.rounds]
+                if args.settings != "both":
+                    order = [args.settings == "on"] * args.rounds
+                for recompute in order:
+                    run("memory", shape, int_steps, recompute)
+            if args.measure in ("both", "time"):
+                run("time", shape, int_steps, True)
+    print("\n".join(markdown(results)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
