@@ -1,9 +1,13 @@
-"""`vxmtf.registration`: a run's downsampling is undone, so fields land on the input grid."""
+"""`vxmtf.registration`: a run's downsampling is undone, so fields land on the input grid; tiled
+inference (the default) gives the untiled field."""
 
 import numpy as np
 import pytest
 from scipy import ndimage
 
+from vxmtf import registration
+from vxmtf.export import export_saved_model
+from vxmtf.networks import tiled_displacement
 from vxmtf.networks.vxm_dense import VxmDense
 from vxmtf.registration import Registrator, find_run_config, resize_displacement
 from vxmtf.training.config import DataConfig, RunConfig
@@ -93,3 +97,81 @@ def test_run_config_is_found_beside_the_model(tmp_path):
     assert (shared.downsample, shared.normalize) == (1, "percentile")
     (tmp_path / "config.json").unlink()
     assert find_run_config(tmp_path / "b.keras") is None
+
+
+def random_field_model(int_steps):
+    """A tiny VxmDense whose flow head gives a field of a few voxels."""
+    model = VxmDense((16, 16, 16), enc_features=(4, 4), dec_features=(4, 4, 4), int_steps=int_steps)
+    flow = model.get_layer("flow")
+    kernel, bias = flow.get_weights()
+    rng = np.random.default_rng(int_steps)
+    flow.set_weights([rng.normal(0, 0.3, kernel.shape).astype(np.float32), bias])
+    return model
+
+
+@pytest.mark.parametrize("int_steps, slab", [(0, None), (7, 3)])
+def test_tiled_registration_equals_the_untiled_one(int_steps, slab, monkeypatch):
+    """Tiling is the default; on odd sizes (padded to 24 rows) with the automatic slab (one slab
+    here) or the smallest one (min_slab = 3 for one final convolution), the field and the moved
+    image are the untiled ones."""
+    traced = []
+
+    def spy(*args, **kwargs):
+        traced.append(kwargs["slab"])
+        return tiled_displacement(*args, **kwargs)
+
+    monkeypatch.setattr(registration, "tiled_displacement", spy)
+    model = random_field_model(int_steps)
+    rng = np.random.default_rng(2)
+    shape = (21, 18, 23)
+    moving = ndimage.gaussian_filter(rng.uniform(size=shape), 1).astype(np.float32)
+    fixed = rng.uniform(size=shape).astype(np.float32)
+    expected = Registrator(model, config=RunConfig(), tiled=False).register(moving, fixed)
+    scale = np.abs(expected.displacement).max()
+    assert scale > 0.5
+    registrator = Registrator(model, config=RunConfig(), slab=slab)
+    assert registrator.tiled and registrator.slab == slab
+    result = registrator.register(moving, fixed)
+    assert len(traced) == 1  # the untiled Registrator did not use it, the tiled one did
+    np.testing.assert_allclose(result.displacement, expected.displacement, atol=1e-5 * scale)
+    np.testing.assert_allclose(result.moved, expected.moved, atol=1e-5)
+
+
+def test_tiling_arguments(tmp_path):
+    model = constant_shift_model([0.0, 0.0, 0.0])
+    with pytest.raises(TypeError, match=r"True or False. Received: tiled='no'"):
+        Registrator(model, config=RunConfig(), tiled="no")
+    with pytest.raises(ValueError, match=r"needs tiled=True. Received: tiled=False, slab=8"):
+        Registrator(model, config=RunConfig(), tiled=False, slab=8)
+    with pytest.raises(ValueError, match=r"at least 3 rows.*Received: slab=2"):
+        Registrator(model, config=RunConfig(), slab=2)
+    export_saved_model(model, tmp_path)
+    assert Registrator(tmp_path / "vxm", config=RunConfig()).tiled  # (its warps)
+    with pytest.raises(ValueError, match=r"SavedModel.*Received: slab=8"):
+        Registrator(tmp_path / "vxm", config=RunConfig(), slab=8)
+
+
+@pytest.mark.parametrize("shape", [(11, 6, 7), (9, 10)])
+def test_warp_by_chunks_of_rows_is_the_whole_warp(shape):
+    """Chunks of 1 row, of rows that do not divide the axis, and larger than it; linear and
+    nearest; displacements that reach across chunks and out of the volume."""
+    rng = np.random.default_rng(3)
+    image = rng.uniform(size=shape).astype(np.float32)
+    labels = rng.integers(0, 5, size=shape).astype(np.uint8)
+    displacement = rng.normal(0, 3, size=(*shape, len(shape))).astype(np.float32)
+    whole = Registrator.warp(image, displacement)
+    whole_labels = Registrator.warp(labels, displacement, "nearest")
+    for rows in (1, 4, shape[0], 50):
+        np.testing.assert_array_equal(Registrator.warp(image, displacement, rows=rows), whole)
+        chunked = Registrator.warp(labels, displacement, "nearest", rows=rows)
+        assert chunked.dtype == np.uint8
+        np.testing.assert_array_equal(chunked, whole_labels)
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match=rf"int >= 1. Received: rows={bad!r}"):
+            Registrator.warp(image, displacement, rows=bad)
+
+
+def test_warp_rows_keeps_a_chunk_near_its_budget():
+    assert registration.warp_rows((160, 192, 224)) == 128 * 2**20 // (128 * 192 * 224) == 24
+    assert registration.warp_rows((8, 10**9, 10)) == 1
+    assert registration.warp_rows((16, 16)) >= 16  # small images: one chunk

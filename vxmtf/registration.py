@@ -31,11 +31,18 @@ import numpy as np
 import tensorflow as tf
 
 from vxmtf.data.preprocess import PreprocessConfig, preprocess_image
+from vxmtf.networks.tiled import check_slab, default_slab, tiled_displacement
 from vxmtf.networks.vxm_dense import VxmDense
-from vxmtf.ops import rescale_field, warp
+from vxmtf.ops import identity_grid, resample, rescale_field, warp
 from vxmtf.training.config import RunConfig
 
 logger = logging.getLogger(__name__)
+
+#: Bytes of temporaries per output voxel of a 3D N-linear warp (`vxmtf.ops.resample` holds the
+#: coordinates, and indices and weights of each axis and corner, as separate tensors).
+WARP_BYTES_PER_VOXEL = 128
+#: Temporaries of one chunk of a warp by rows (`Registrator.warp(..., rows=warp_rows(shape))`).
+WARP_CHUNK_BYTES = 128 * 2**20
 
 #: Folders above a SavedModel version searched for the run's `config.json`
 #: (`<run>/export/<name>/<version>` -> `<run>` is three levels up).
@@ -161,6 +168,13 @@ def resize_displacement(displacement, shape, factor):
     return np.pad(fine, widths, mode="edge")
 
 
+def warp_rows(shape):
+    """Rows (first axis) per chunk of a warp of a `shape` volume: `WARP_CHUNK_BYTES` of
+    temporaries, at least 1."""
+    row_voxels = int(np.prod(shape[1:]))
+    return max(1, WARP_CHUNK_BYTES // (WARP_BYTES_PER_VOXEL * row_voxels))
+
+
 @contextlib.contextmanager
 def _float32_policy():
     previous = keras.config.dtype_policy()
@@ -179,19 +193,40 @@ class Registrator:
         config: the run's `RunConfig` or the path of its `config.json`; None looks for
             `config.json` beside the model (`find_run_config`) and, if there is none, assumes
             min-max normalisation and no downsampling (logged as a warning).
+        tiled: low-memory registration, the same results: compute the displacement of a Keras
+            model slab by slab along the first axis (`vxmtf.networks.tiled_displacement`) and
+            warp images by chunks of rows (`warp_rows`); at 160x192x224 the whole process then
+            peaks at about 2.3 GB instead of 5.6 GB. False runs the model and each warp in one
+            piece. A SavedModel always runs its exported graph (only its warps are chunked).
+        slab: rows per slab for `tiled` (at least `vxmtf.networks.min_slab(model)`, 5 for the
+            default network); None chooses it per input shape with `default_slab` (about
+            0.4 GB of full-resolution working tensors per slab: 18 rows at 160x192x224).
 
     Attributes:
         ndim: 2 or 3. `downsample`, `normalize`: the run's preprocessing.
         model_path, config_path: where the model and its configuration came from (or None).
         config: the `RunConfig` (or None). `inshape`: the model's input shape (None sizes
             free) for a Keras model, None for a SavedModel.
+        tiled, slab: the arguments (`slab` None: automatic).
 
     Raises:
         FileNotFoundError, ValueError: the model or configuration is missing or unreadable.
-        TypeError: a `.keras` file holding something else than a `VxmDense`.
+        TypeError: a `.keras` file holding something else than a `VxmDense`, or `tiled` not a
+            bool.
+        ValueError: a `slab` below the model's minimum, or a `slab` without tiling (`tiled`
+            False or a SavedModel).
     """
 
-    def __init__(self, model, config=None):
+    def __init__(self, model, config=None, tiled=True, slab=None):
+        if not isinstance(tiled, bool):
+            raise TypeError(f"`tiled` must be True or False. Received: tiled={tiled!r}")
+        if slab is not None and not tiled:
+            raise ValueError(
+                "`slab` sets the rows per slab of tiled inference; it needs tiled=True. "
+                f"Received: tiled={tiled}, slab={slab!r}"
+            )
+        self.tiled = tiled
+        self.slab = slab
         self.model_path = None
         if isinstance(model, (str, os.PathLike)):
             self.model_path = resolve_model_path(model)
@@ -213,6 +248,11 @@ class Registrator:
 
         self.inshape = None
         if self.model_path is not None and self.model_path.is_dir():
+            if slab is not None:
+                raise ValueError(
+                    f"`slab` applies to Keras models; {self.model_path} is a SavedModel, which "
+                    f"runs its exported graph. Received: slab={slab!r}"
+                )
             self._load_saved_model(self.model_path)
         else:
             if self.model_path is not None:
@@ -246,10 +286,25 @@ class Registrator:
             if layer.weights:
                 layer.set_weights(model.get_layer(layer.name).get_weights())
         spec = tf.TensorSpec((None,) * (self.ndim + 1) + (1,), tf.float32)
+        if not self.tiled:
 
-        @tf.function(input_signature=[spec, spec])
+            @tf.function(input_signature=[spec, spec])
+            def predict(moving, fixed):
+                return clone([moving, fixed], training=False)["displacement"]
+
+            self._predict = predict
+            return
+        if self.slab is not None:
+            check_slab(self.slab, clone)
+
+        @tf.function(input_signature=[spec, spec, tf.TensorSpec([], tf.int32)])
+        def predict_tiled(moving, fixed, slab):
+            return tiled_displacement(clone, moving, fixed, slab=slab)
+
         def predict(moving, fixed):
-            return clone([moving, fixed], training=False)["displacement"]
+            # The slab is an argument, not a constant: one graph serves every input shape.
+            slab = self.slab or default_slab(tuple(moving.shape), clone)
+            return predict_tiled(moving, fixed, tf.constant(slab, tf.int32))
 
         self._predict = predict
 
@@ -322,14 +377,17 @@ class Registrator:
         displacement = self._predict(*prepared).numpy()[0]  # (*P, ndim)
         displacement = padding.undo(displacement)  # (*C, ndim)
         displacement = resize_displacement(displacement, shape, self.downsample)
-        moved = self.warp(moving, displacement)
+        moved = self.warp(moving, displacement, rows=warp_rows(shape) if self.tiled else None)
         return Registration(displacement, moved, time.perf_counter() - start)
 
     @staticmethod
-    def warp(image, displacement, interpolation="linear"):
+    def warp(image, displacement, interpolation="linear", rows=None):
         """`out[x] = image[x + displacement[x]]` for one `(*spatial)` volume.
 
-        "linear" returns float32; "nearest" keeps an integer label map's dtype.
+        "linear" returns float32; "nearest" keeps an integer label map's dtype. `rows` None
+        warps the whole volume at once; an int >= 1 computes `rows` output rows (first axis) at
+        a time, each reading the whole image: the same values, with the interpolation's
+        temporaries (about `WARP_BYTES_PER_VOXEL`) held for one chunk only.
         """
         image = np.asarray(image)
         displacement = np.asarray(displacement, np.float32)
@@ -338,16 +396,33 @@ class Registrator:
                 f"Expected a displacement of shape {(*image.shape, image.ndim)} for an image of "
                 f"shape {image.shape}. Received: displacement.shape={displacement.shape}"
             )
+        if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
+            raise ValueError(f"`rows` must be None or an int >= 1. Received: rows={rows!r}")
         if interpolation == "linear":
             source = image.astype(np.float32)
         elif np.issubdtype(image.dtype, np.integer) or image.dtype == np.bool_:
             source = image.astype(np.int32)
         else:
             source = image
-        out = warp(source[None, ..., None], displacement[None], interpolation=interpolation)
-        out = out.numpy()[0, ..., 0]
+        if rows is None or rows >= image.shape[0]:
+            out = warp(source[None, ..., None], displacement[None], interpolation=interpolation)
+            out = out.numpy()[0, ..., 0]
+        else:
+            source = tf.constant(source[None, ..., None])  # (1, *spatial, 1)
+            out = np.empty(image.shape, source.dtype.as_numpy_dtype)
+            for first in range(0, image.shape[0], rows):
+                part = displacement[first : first + rows]  # (rows, *rest, ndim)
+                # Coordinates of these rows: the identity grid shifted by `first` along axis 0
+                # (exact integers, so the sum equals `vxmtf.ops.warp`'s grid + displacement).
+                offset = np.zeros(image.ndim, np.float32)
+                offset[0] = first
+                coords = identity_grid(part.shape[:-1]) + offset + part
+                values = resample(source, coords[None], interpolation=interpolation)
+                out[first : first + rows] = values.numpy()[0, ..., 0]
         return out if interpolation == "linear" else out.astype(image.dtype)
 
     def warp_labels(self, labels, displacement):
-        """Nearest-neighbour warp of a label map, keeping its dtype (labels are never mixed)."""
-        return self.warp(labels, displacement, interpolation="nearest")
+        """Nearest-neighbour warp of a label map, keeping its dtype (labels are never mixed);
+        by chunks of rows when `tiled` (`warp_rows`)."""
+        rows = warp_rows(np.shape(labels)) if self.tiled else None
+        return self.warp(labels, displacement, interpolation="nearest", rows=rows)
