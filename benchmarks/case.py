@@ -3,13 +3,16 @@
 Case names (see `parse_case`):
 
     train-80x96x112-int7       training step, VxmDense(80x96x112, int_steps=7)
-    register-160x192x224-int0  registration (one forward pass)
+    register-160x192x224-int0  registration of one pair with vxmtf.registration.Registrator
+                               (tiled, the package's default; +untiled: the whole network at once)
+    tilecost-160x192x224-int0  tiled and untiled registration timed alternately in one process
     breakdown-80x96x112-int7   a training step timed part by part
     pipeline-ds2               the tf.data pipeline on LPBA40, downsampled 2x
     peak                       the machine's float32 matmul and Conv3D throughput
 
-`train`, `register` and `breakdown` names take optional suffixes `+xla` (compile with XLA,
-`jit_compile=True`) and `+bf16` (Keras policy `mixed_bfloat16`). The peak resident memory of
+`train` and `breakdown` names take optional suffixes `+xla` (compile with XLA,
+`jit_compile=True`) and `+bf16` (Keras policy `mixed_bfloat16`); `register` names take
+`+untiled` (the `Registrator` always computes in float32). The peak resident memory of
 the process (`ru_maxrss`, which includes TensorFlow itself) is added to the result, in GB
 (10^9 bytes). The harness (`python -m benchmarks`) runs every case in its own process.
 """
@@ -27,8 +30,10 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-KINDS = ("train", "register", "breakdown", "pipeline", "peak")
-FLAGS = ("xla", "bf16")
+KINDS = ("train", "register", "tilecost", "breakdown", "pipeline", "peak")
+FLAGS = ("xla", "bf16", "untiled")
+#: The flags each kind accepts.
+KIND_FLAGS = {"train": ("xla", "bf16"), "breakdown": ("xla", "bf16"), "register": ("untiled",)}
 DEFAULT_DATASET = "/work/shared/data/LPBA40/LPBA40_dataset.json"
 
 
@@ -36,8 +41,8 @@ def parse_case(name):
     """Split a case name into its parts.
 
     Returns:
-        A dict with `kind` and, by kind, `shape` (tuple), `int_steps`, `xla`, `bf16`
-        (train/register/breakdown) or `downsample` (pipeline).
+        A dict with `kind` and, by kind, `shape` (tuple), `int_steps`, `xla`, `bf16`,
+        `untiled` (train/register/tilecost/breakdown) or `downsample` (pipeline).
 
     Raises:
         ValueError: a name that does not follow the grammar of the module docstring.
@@ -47,9 +52,9 @@ def parse_case(name):
     kind = parts[0]
     spec = {"name": name, "kind": kind}
     try:
-        if kind in ("train", "register", "breakdown"):
+        if kind in ("train", "register", "tilecost", "breakdown"):
             _, shape, steps = parts
-            if not steps.startswith("int") or set(flags) - set(FLAGS):
+            if not steps.startswith("int") or set(flags) - set(KIND_FLAGS.get(kind, ())):
                 raise ValueError
             spec["shape"] = tuple(int(s) for s in shape.split("x"))
             spec["int_steps"] = int(steps[3:])
@@ -64,7 +69,8 @@ def parse_case(name):
     except ValueError:
         raise ValueError(
             "Expected a case name like train-80x96x112-int7[+xla][+bf16], "
-            "register-160x192x224-int0, breakdown-80x96x112-int7, pipeline-ds2 or peak. "
+            "register-160x192x224-int0[+untiled], tilecost-160x192x224-int0, "
+            "breakdown-80x96x112-int7[+xla][+bf16], pipeline-ds2 or peak. "
             f"Received: {name!r}"
         ) from None
     return spec
@@ -89,9 +95,11 @@ def run_case(spec, repeats, warmup, quick=False, dataset=DEFAULT_DATASET):
             spec["shape"], spec["int_steps"], repeats, warmup, xla=spec["xla"]
         )
     if kind == "register":
-        if spec["xla"]:
-            raise ValueError(f"XLA is only a training switch here. Received: {spec['name']}")
-        return workloads.register_workload(spec["shape"], spec["int_steps"], repeats, warmup)
+        return workloads.register_workload(
+            spec["shape"], spec["int_steps"], repeats, warmup, tiled=not spec["untiled"]
+        )
+    if kind == "tilecost":
+        return workloads.tiling_cost_workload(spec["shape"], spec["int_steps"], repeats, warmup)
     if kind == "breakdown":
         from benchmarks.breakdown import breakdown_workload
 

@@ -40,6 +40,10 @@ def default_cases(quick=False):
     for kind in ("train", "register"):
         for size in (small, large):
             cases += [f"{kind}-{size}-int0", f"{kind}-{size}-int7"]
+    # Registration in one piece, for comparison with the tiled default, and the two timed
+    # alternately in one process (the time cost of tiling).
+    cases += [f"register-{large}-int0+untiled", f"register-{large}-int7+untiled"]
+    cases += [f"tilecost-{large}-int0", f"tilecost-{large}-int7"]
     for downsample, shape in pipeline.items():
         cases += [f"pipeline-ds{downsample}", f"train-{shape}-int7"]
     cases += [f"breakdown-{small}-int0", f"breakdown-{small}-int7"]
@@ -67,10 +71,11 @@ def select_cases(patterns, quick=False):
 
 
 def with_flags(name, xla, mixed_precision):
-    """Add the `--xla` / `--mixed-precision` switches to a training-type case name."""
-    if name.split("-")[0] not in ("train", "breakdown", "register"):
+    """Add the `--xla` / `--mixed-precision` switches to a training-type case name (registration
+    runs `Registrator`, always in float32 and without XLA)."""
+    if name.split("-")[0] not in ("train", "breakdown"):
         return name
-    if xla and "+xla" not in name and not name.startswith("register"):
+    if xla and "+xla" not in name:
         name += "+xla"
     if mixed_precision and "+bf16" not in name:
         name += "+bf16"

@@ -24,7 +24,9 @@ def _spec(result):
 
 
 def _flags(result):
-    flags = [flag for flag in ("xla", "bf16") if _spec(result).get(flag)]
+    flags = [flag for flag in ("xla", "bf16", "untiled") if _spec(result).get(flag)]
+    if result.get("tiled"):
+        flags.append(f"tiled, slab {result['slab']}")
     if result.get("finite_losses") is False:
         flags.append("**loss became NaN**")
     return ", ".join(flags) or "-"
@@ -111,6 +113,7 @@ def markdown(results):
                 f"| {'-' if ratio is None else f'{ratio:.1f}x'} |"
             )
     lines += _breakdown_table(cases)
+    lines += _tiling_cost_table(cases)
     errors = [(n, r["error"]) for n, r in cases.items() if "error" in r]
     if errors:
         lines += ["", "Failed cases:", ""]
@@ -150,6 +153,29 @@ def _breakdown_table(cases):
             )
             cells.append("-" if value is None else f"{value:.3f} ({100 * value / step:.0f}%)")
         lines.append(f"| {part} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _tiling_cost_table(cases):
+    runs = [r for r in cases.values() if _spec(r).get("kind") == "tilecost" and "ratio" in r]
+    if not runs:
+        return []
+    lines = [
+        "",
+        "Registration, tiled against untiled, timed alternately in one process (median s; "
+        "ratio: median of the per-repeat tiled / untiled ratios; CPU: process CPU seconds):",
+        "",
+        "| shape | int_steps | slab | tiled s | untiled s | ratio | tiled CPU s | untiled CPU s "
+        "| CPU ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        tiled, untiled = r["tiled"], r["untiled"]
+        lines.append(
+            f"| {'x'.join(map(str, _spec(r)['shape']))} | {_spec(r)['int_steps']} | {r['slab']} "
+            f"| {tiled['median']:.3f} | {untiled['median']:.3f} | {r['ratio']:.3f} "
+            f"| {tiled['cpu_median']:.2f} | {untiled['cpu_median']:.2f} | {r['cpu_ratio']:.3f} |"
+        )
     return lines
 
 

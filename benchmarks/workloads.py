@@ -17,7 +17,8 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks.flops import TRAIN_FACTOR, conv_flops
-from vxmtf.networks import VxmDense
+from vxmtf.networks import VxmDense, default_slab
+from vxmtf.registration import Registrator
 from vxmtf.training.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from vxmtf.training.data import TrainingData
 
@@ -31,6 +32,7 @@ __all__ = [
     "pipeline_workload",
     "random_pair",
     "register_workload",
+    "tiling_cost_workload",
     "time_calls",
     "train_workload",
 ]
@@ -108,18 +110,90 @@ def train_workload(shape, int_steps, repeats, warmup, xla=False):
     return result
 
 
-def register_workload(shape, int_steps, repeats, warmup):
-    """Seconds per registration (`predict_on_batch`, one forward pass), and GFLOP/s."""
+def build_registrator(shape, int_steps, tiled=True, slab=None):
+    """The default VoxelMorph model at `shape` (random weights) in a `Registrator`: the package's
+    registration path (`python -m vxmtf.register`, `python -m evaluate.dice`).
+
+    Returns:
+        `(model, registrator)`.
+    """
     model = VxmDense(tuple(shape), int_steps=int_steps, name="vxm_dense")
-    moving, fixed = random_pair(shape)
+    config = RunConfig(model=ModelConfig(int_steps=int_steps))  # min-max, no downsampling
+    return model, Registrator(model, config=config, tiled=tiled, slab=slab)
+
+
+def random_volumes(shape, seed=0):
+    """A `(moving, fixed)` pair of `(*shape)` float32 NumPy volumes in [0, 1]."""
+    moving, fixed = random_pair(shape, seed)
+    return moving.numpy()[0, ..., 0], fixed.numpy()[0, ..., 0]
+
+
+def register_workload(shape, int_steps, repeats, warmup, tiled=True, slab=None):
+    """Seconds per registration of one pair of `(*shape)` NumPy volumes with `Registrator.register`
+    (normalisation, the network, the warp of the moving image; results back in NumPy), and
+    GFLOP/s of the untiled network's convolutions.
+
+    `tiled` chooses between the slab-wise network (`vxmtf.networks.tiled_displacement`, the
+    default) and the whole network in one graph; `slab` is None for the automatic slab size.
+    """
+    model, registrator = build_registrator(shape, int_steps, tiled, slab)
+    moving, fixed = random_volumes(shape)
 
     def register():
-        out = model.predict_on_batch([moving, fixed])
-        np.asarray(out["moved"]).ravel()[:1]
+        registrator.register(moving, fixed).moved.ravel()[:1]
 
     result = time_calls(register, repeats, warmup)
     result["flops"], _ = conv_flops(model)
     result["gflops_per_s"] = result["flops"] / result["median"] / 1e9
+    result["tiled"] = tiled
+    if tiled:
+        result["slab"] = slab or default_slab((1, *shape, 1), model)
+    return result
+
+
+def tiling_cost_workload(shape, int_steps, repeats, warmup):
+    """Tiled against untiled registration, timed alternately in one process.
+
+    Under a fluctuating background load, interleaving is what makes the two comparable: each
+    repeat times one tiled and one untiled `Registrator.register` call of the same pair (the
+    order alternating), and the ratio of each such couple is taken. CPU seconds
+    (`time.process_time`, all threads) are recorded too. The peak memory of this process holds
+    both and is not the one of either path (see the `register-*` cases).
+
+    Returns:
+        `{"tiled": ..., "untiled": ...}` as `time_calls` gives them plus `"cpu_times"`, and
+        `"ratio"` / `"cpu_ratio"`: median of the per-repeat tiled / untiled ratios.
+    """
+    model, tiled = build_registrator(shape, int_steps, tiled=True)
+    config = RunConfig(model=ModelConfig(int_steps=int_steps))
+    untiled = Registrator(model, config=config, tiled=False)
+    moving, fixed = random_volumes(shape)
+    calls = {"tiled": tiled, "untiled": untiled}
+    for registrator in calls.values():
+        for _ in range(warmup):
+            registrator.register(moving, fixed)
+    times = {name: [] for name in calls}
+    cpu_times = {name: [] for name in calls}
+    for repeat in range(repeats):
+        order = list(calls) if repeat % 2 == 0 else list(calls)[::-1]
+        for name in order:
+            start, cpu = time.perf_counter(), time.process_time()
+            calls[name].register(moving, fixed).moved.ravel()[:1]
+            times[name].append(time.perf_counter() - start)
+            cpu_times[name].append(time.process_time() - cpu)
+    result = {"slab": default_slab((1, *shape, 1), model)}
+    for name in calls:
+        result[name] = {
+            "median": statistics.median(times[name]),
+            "min": min(times[name]),
+            "max": max(times[name]),
+            "times": times[name],
+            "cpu_median": statistics.median(cpu_times[name]),
+            "cpu_times": cpu_times[name],
+        }
+    for key, values in (("ratio", times), ("cpu_ratio", cpu_times)):
+        pairs = zip(values["tiled"], values["untiled"], strict=True)
+        result[key] = statistics.median(t / u for t, u in pairs)
     return result
 
 

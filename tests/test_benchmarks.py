@@ -70,6 +70,29 @@ def test_parse_case():
             parse_case(bad)
 
 
+def test_parse_registration_cases():
+    """Registration runs Registrator (tiled unless +untiled, always float32, no XLA)."""
+    assert not parse_case("register-32x32x32-int7")["untiled"]
+    spec = parse_case("register-160x192x224-int0+untiled")
+    assert (spec["kind"], spec["shape"], spec["int_steps"]) == ("register", (160, 192, 224), 0)
+    assert spec["untiled"]
+    spec = parse_case("tilecost-160x192x224-int7")
+    assert (spec["kind"], spec["shape"], spec["int_steps"]) == ("tilecost", (160, 192, 224), 7)
+    for bad in (
+        "train-32x32x32-int0+untiled",
+        "register-32x32x32-int0+bf16",
+        "register-32x32x32-int0+xla",
+        "tilecost-32x32x32-int0+untiled",
+    ):
+        with pytest.raises(ValueError, match="Expected a case name"):
+            parse_case(bad)
+    assert with_flags("register-32x32x32-int0", True, True) == "register-32x32x32-int0"
+    assert with_flags("tilecost-32x32x32-int0", True, True) == "tilecost-32x32x32-int0"
+    assert {"register-160x192x224-int7+untiled", "tilecost-160x192x224-int0"} <= set(
+        default_cases()
+    )
+
+
 def test_pipeline_case_is_skipped_without_data(tmp_path):
     result = run_case(parse_case("pipeline-ds2"), 1, 0, dataset=str(tmp_path / "absent.json"))
     assert result == {"skipped": f"dataset not found: {tmp_path / 'absent.json'}"}
@@ -129,11 +152,35 @@ def test_report_pipeline_ratio_and_tables():
             },
         },
     }
+    results["cases"]["register-80x96x80-int0"] = {
+        "spec": parse_case("register-80x96x80-int0"),
+        "median": 0.5,
+        "min": 0.4,
+        "max": 0.6,
+        "peak_gb": 1.2,
+        "gflops_per_s": 100.0,
+        "tiled": True,
+        "slab": 24,
+    }
+    timing = {"median": 1.0, "min": 1.0, "max": 1.0, "cpu_median": 2.0}
+    results["cases"]["tilecost-80x96x80-int7"] = {
+        "spec": parse_case("tilecost-80x96x80-int7"),
+        "slab": 24,
+        "tiled": {**timing, "median": 1.05},
+        "untiled": timing,
+        "ratio": 1.05,
+        "cpu_ratio": 1.04,
+        "peak_gb": 3.0,
+    }
     step, ratio = pipeline_ratio(results, results["cases"]["pipeline-ds2"])
     assert (step, ratio) == (2.0, 8.0)
     text = markdown(results)
     assert "| training step | 80x96x80 | 7 | - | 2.000 | 1.900 | 2.100 | 1.50 | 50.0 | - |" in text
     assert "| downsample 2 | 80x96x80 | 4.00 | 0.90 | 2.00 | 8.0x |" in text
+    row = "| registration | 80x96x80 | 0 | tiled, slab 24 | 0.500 | 0.400 | 0.600 | 1.20 | 100.0 |"
+    assert row in text
+    row = "| 80x96x80 | 7 | 24 | 1.050 | 1.000 | 1.050 | 2.00 | 2.00 | 1.040 |"
+    assert row in text
 
 
 def test_quick_run_writes_positive_results(tmp_path):
@@ -161,3 +208,14 @@ def test_quick_run_writes_positive_results(tmp_path):
     assert result["finite_losses"]
     assert results["commands"] == [f"python -m benchmarks --quick --cases {case} --out {tmp_path}"]
     assert "| training step | 32x32x32 | 0 |" in (tmp_path / "results.md").read_text()
+
+
+def test_registration_workloads_run_the_registrator():
+    result = run_case(parse_case("register-16x16x16-int0"), 1, 0)
+    assert result["tiled"] and result["slab"] >= 5 and result["median"] > 0
+    assert not run_case(parse_case("register-16x16x16-int0+untiled"), 1, 0)["tiled"]
+    result = run_case(parse_case("tilecost-16x16x16-int7"), 2, 0)
+    for path in ("tiled", "untiled"):
+        assert len(result[path]["times"]) == len(result[path]["cpu_times"]) == 2
+        assert result[path]["median"] > 0
+    assert result["ratio"] > 0 and result["cpu_ratio"] > 0
