@@ -130,8 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--recompute",
         action="store_true",
-        help="recompute the U-Net's activations in the backward pass: lower peak memory, "
-        "one more forward pass per step (same weights and results)",
+        help="recompute the U-Net's activations in the backward pass: lower peak memory at "
+        "about the same step time (same weights; results equal up to float rounding)",
     )
     g.add_argument("--resume", action="store_true", help="continue the run in --model-dir")
     g.add_argument(

@@ -43,9 +43,10 @@ class VxmDense(keras.Model):
             (only used when `int_steps > 0`).
         bidir: also output the inverse warp of the fixed image.
         recompute: train at lower peak memory by recomputing the U-Net's activations in the
-            backward pass (`Unet`'s `recompute`): one more U-Net forward pass per training
-            step. The weights are the same as without it (a model trained with it loads into
-            one without), and inference is unchanged.
+            backward pass (`Unet`'s `recompute`; its cheaper decoder convolutions pay for the
+            extra forward pass). The weights are the same as without it (a model trained with
+            it loads into one without), gradients equal up to float rounding, and inference is
+            unchanged.
 
     Call arguments:
         inputs: `[moving, fixed]` or `{"moving": ..., "fixed": ...}`, each

@@ -97,9 +97,9 @@ class TrainConfig:
     mixed_precision: bool = False
     xla: bool = False
     # Recompute the U-Net's activations in the backward pass (`VxmDense(recompute=True)`):
-    # lower peak memory for one more U-Net forward pass per step. A switch of how gradients
-    # are computed, not of the architecture: the weights are the same, and a run may be resumed
-    # with or without it.
+    # lower peak memory at about the same step time. A switch of how gradients are computed,
+    # not of the architecture: the weights are the same, and a run may be resumed with or
+    # without it.
     recompute: bool = False
     resume: bool = False
     save_every: int = 0  # also back up every N steps (0: at the end of each epoch only)
