@@ -199,8 +199,9 @@ class Registrator:
             peaks at about 2.3 GB instead of 5.6 GB. False runs the model and each warp in one
             piece. A SavedModel always runs its exported graph (only its warps are chunked).
         slab: rows per slab for `tiled` (at least `vxmtf.networks.min_slab(model)`, 5 for the
-            default network); None chooses it per input shape with `default_slab` (about
-            0.4 GB of full-resolution working tensors per slab: 18 rows at 160x192x224).
+            default network); None chooses it per input shape with `default_slab` (at most
+            about 0.4 GB of full-resolution working tensors per slab, and at least 4 slabs:
+            18 rows at 160x192x224, 20 at 80x96x112).
 
     Attributes:
         ndim: 2 or 3. `downsample`, `normalize`: the run's preprocessing.

@@ -115,8 +115,13 @@ def test_default_slab_from_the_memory_budget():
     assert default_slab((1, 160, 192, 224, 1), model, 17.5 * row_bytes) == 16  # even
     assert default_slab((2, 160, 192, 224, 1), model, 16 * row_bytes) == 8  # per batch
     assert default_slab((1, 160, 192, 224, 1), model, 1) == min_slab(model) == 5
-    shape = tf.constant([1, 160, 192, 224, 1])
-    assert int(default_slab(shape, model, 16 * row_bytes)) == 16
+    assert default_slab((1, 160, 192, 224, 1), model) == 18  # the default budget, 384 MiB
+    # At least MIN_SLABS = 4 slabs: ceil(80 / 4) = 20, ceil(88 / 4) = 22, ceil(84 / 4) = 21 -> 20.
+    assert default_slab((1, 80, 96, 112, 1), model) == 20
+    assert default_slab((1, 88, 192, 224, 1), model, 10**12) == 22
+    assert default_slab((1, 84, 192, 224, 1), model, 10**12) == 20
+    for shape in ([1, 160, 192, 224, 1], [1, 80, 96, 112, 1], [2, 84, 192, 224, 1]):
+        assert int(default_slab(tf.constant(shape), model)) == default_slab(tuple(shape), model)
     with pytest.raises(ValueError, match=r"positive number of bytes.*memory_budget=0"):
         default_slab((1, 16, 16, 16, 1), model, 0)
 

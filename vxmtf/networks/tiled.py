@@ -39,9 +39,12 @@ from vxmtf.networks.vxm_dense import VxmDense
 
 #: Bytes of full-resolution working tensors per slab when no slab size is given.
 DEFAULT_MEMORY_BUDGET = 384 * 2**20
+#: The first axis is cut into at least this many slabs when no slab size is given.
+MIN_SLABS = 4
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
+    "MIN_SLABS",
     "check_slab",
     "default_slab",
     "min_slab",
@@ -130,11 +133,15 @@ def check_slab(slab, model):
 
 
 def default_slab(shape, model, memory_budget=DEFAULT_MEMORY_BUDGET):
-    """Rows per slab so that one slab's working tensors take about `memory_budget` bytes.
+    """Rows per slab: one slab's working tensors take at most about `memory_budget` bytes, and
+    the first axis is cut into at least `MIN_SLABS` slabs.
 
-    `rows = memory_budget // (batch * prod(spatial[1:]) * 4 * slab_width(model))`, rounded down
-    to an even number (slabs that start on even rows take whole rows of the upsampled coarse
-    tensor, without a copy) and at least `min_slab(model)`.
+    `rows = min(memory_budget // (batch * prod(spatial[1:]) * 4 * slab_width(model)),
+    ceil(D / MIN_SLABS))`, rounded down to an even number (slabs that start on even rows take
+    whole rows of the upsampled coarse tensor, without a copy), and at least `min_slab(model)`.
+    The second bound matters for volumes that fit the budget in a few slabs: a slab of most of
+    the volume costs more than the untiled network (at 80x96x112, the process peaked at 1.52 GB
+    with slabs of 72 rows, 1.03 GB with 20, 1.40 GB untiled) and smaller ones cost little time.
 
     Args:
         shape: the input shape `(batch, *spatial, channels)`: ints or an int tensor.
@@ -148,11 +155,11 @@ def default_slab(shape, model, memory_budget=DEFAULT_MEMORY_BUDGET):
     width = slab_width(model)
     if isinstance(shape, (tuple, list)) and all(isinstance(s, int) for s in shape):
         row_bytes = math.prod(shape[:1] + tuple(shape[2:-1])) * 4 * width
-        rows = int(memory_budget // row_bytes)
+        rows = min(int(memory_budget // row_bytes), -(-shape[1] // MIN_SLABS))
         return max(min_slab(model), rows - rows % 2)
     shape = tf.cast(shape, tf.int64)
     row_bytes = shape[0] * tf.reduce_prod(shape[2:-1]) * 4 * width
-    rows = int(memory_budget) // row_bytes
+    rows = tf.minimum(int(memory_budget) // row_bytes, -(-shape[1] // MIN_SLABS))
     rows = tf.maximum(tf.constant(min_slab(model), tf.int64), rows - rows % 2)
     return tf.cast(rows, tf.int32)
 
