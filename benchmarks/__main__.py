@@ -9,11 +9,10 @@
 Each case runs in its own process (`python -m benchmarks.case NAME`), one after the other.
 """
 
-import os
-
 # Before TensorFlow is imported, here and (inherited) in every case process.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import vxmtf_cli  # noqa: E402  (imports no TensorFlow)
+
+vxmtf_cli.prepare_environment()
 
 import argparse  # noqa: E402
 import logging  # noqa: E402

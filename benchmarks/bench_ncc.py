@@ -16,8 +16,9 @@ the project's entry points. This is a benchmark script, not a test.
 
 import os
 
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import vxmtf_cli  # noqa: E402  (imports no TensorFlow)
+
+vxmtf_cli.prepare_environment()
 
 import argparse  # noqa: E402
 import platform  # noqa: E402

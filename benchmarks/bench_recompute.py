@@ -2,7 +2,7 @@
 
 Measures `VxmDense(recompute=...)` (`python -m train --recompute`) on the training step of
 `benchmarks.workloads`: default network, batch 1, NCC window 9 on `moved` + Grad l2 on
-`preint_flow`, Adam; the training model built by `vxmtf.training.trainer._training_model`,
+`preint_flow`, Adam; the training model built by `vxmtf.training.trainer.build_training_model`,
 timed with `train_on_batch` on one repeated random pair. For each shape and int_steps:
 
 - memory: each setting (recompute off / on) runs in its own process, `--rounds` times,
@@ -21,11 +21,10 @@ timed with `train_on_batch` on one repeated random pair. For each shape and int_
 Prints Markdown tables; `--out FILE` also writes every process's result as JSON.
 """
 
-import os
-
 # Before TensorFlow is imported (the children import vxmtf): as `benchmarks.case` does.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import vxmtf_cli  # noqa: E402  (imports no TensorFlow)
+
+vxmtf_cli.prepare_environment()
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -81,21 +80,18 @@ def build_step(shape, int_steps, recompute, weights=None):
     import tensorflow as tf
 
     from benchmarks.workloads import random_pair
-    from vxmtf.networks import VxmDense
     from vxmtf.training.config import ModelConfig, RunConfig, TrainConfig
-    from vxmtf.training.trainer import _training_model
+    from vxmtf.training.trainer import build_training_model
 
     keras.utils.set_random_seed(0)  # the same initial weights with and without recompute
     config = RunConfig(
         model=ModelConfig(int_steps=int_steps), train=TrainConfig(recompute=recompute)
     )
-    model = VxmDense(shape, **config.model.kwargs(), recompute=recompute, name="vxm_dense")
+    built = build_training_model(config, shape)
+    model = built.model
     if weights is not None:
         model.set_weights(weights)
-    trainer, losses, loss_weights = _training_model(model, config, num_classes=0)
-    trainer.compile(
-        optimizer=keras.optimizers.Adam(config.train.lr), loss=losses, loss_weights=loss_weights
-    )
+    trainer = built.compile()
     moving, fixed = random_pair(shape)
     x = {"moving": moving, "fixed": fixed}
     y = {"moved": fixed, "preint_flow": tf.zeros([1, 1])}  # Grad ignores its target

@@ -57,7 +57,7 @@ def breakdown_workload(shape, int_steps, repeats, warmup):
     parts = {}
 
     # U-Net + flow head: a model from the pair to the full-resolution flow.
-    flow_model = keras.Model(model.inputs, model.get_layer("flow").output)
+    flow_model = keras.Model(model.inputs, model.flow_head.output)
     weights = flow_model.trainable_variables
     flow_shape = (1, *shape, len(shape))
     parts["unet"] = _timed(
@@ -78,7 +78,7 @@ def breakdown_workload(shape, int_steps, repeats, warmup):
         parts["integrate"] = _timed(
             lambda: integrate(tf.identity(field)), [field], field.shape, repeats, warmup
         )
-    transformer = model.get_layer("transformer")
+    transformer = model.transformer
     parts["warp"] = _timed(
         lambda: transformer(moving, tf.identity(flow)), [flow], (1, *shape, 1), repeats, warmup
     )

@@ -17,11 +17,10 @@ the process (`ru_maxrss`, which includes TensorFlow itself) is added to the resu
 (10^9 bytes). The harness (`python -m benchmarks`) runs every case in its own process.
 """
 
-import os
-
 # Before TensorFlow is imported (vxmtf and the workloads import it).
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import vxmtf_cli  # noqa: E402  (imports no TensorFlow)
+
+vxmtf_cli.prepare_environment()
 
 import argparse  # noqa: E402
 import json  # noqa: E402

@@ -36,8 +36,6 @@ Writes in `--out`: `dice.csv` and `summary.json` for ANTs (the names and columns
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import math
 import os
 import sys
@@ -68,8 +66,9 @@ class AntsRegistrator:
                 "The ANTs comparison needs antspyx, an optional benchmark dependency: "
                 "pip install antspyx"
             ) from error
-        if isinstance(downsample, bool) or not isinstance(downsample, int) or downsample < 1:
-            raise ValueError(f"`downsample` must be an integer >= 1. Received: {downsample!r}")
+        from vxmtf.checks import check_int
+
+        check_int("downsample", downsample, minimum=1)
         if threads is not None:
             os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
         self._ants = ants
@@ -126,35 +125,21 @@ class AntsRegistrator:
 
     @staticmethod
     def warp(image, displacement, interpolation="linear"):
-        """`vxmtf.registration.Registrator.warp`: the same warping as for VoxelMorph."""
-        from vxmtf.registration import Registrator
+        """`vxmtf.registration.warp_volume`: the same warping as for VoxelMorph."""
+        from vxmtf.registration import warp_volume
 
-        return Registrator.warp(image, displacement, interpolation)
+        return warp_volume(image, displacement, interpolation)
 
     def warp_labels(self, labels, displacement):
         return self.warp(labels, displacement, "nearest")
 
 
 def load_method(folder):
-    """`(summary, records)` of an `evaluate.dice` output folder."""
-    folder = Path(folder)
-    for name in ("summary.json", "dice.csv"):
-        if not (folder / name).is_file():
-            raise FileNotFoundError(
-                f"Expected an evaluate.dice output folder with {name}. Received: {folder}"
-            )
-    summary = json.loads((folder / "summary.json").read_text())
-    with open(folder / "dice.csv", newline="") as handle:
-        records = [
-            {
-                "pair": int(row["pair"]),
-                "label": int(row["label"]),
-                "dice_before": float(row["dice_before"]),
-                "dice_after": float(row["dice_after"]),
-            }
-            for row in csv.DictReader(handle)
-        ]
-    return summary, records
+    """`(summary, records)` of an `evaluate.dice` output folder
+    (`vxmtf.evaluation.read_results`)."""
+    from vxmtf.evaluation import read_results
+
+    return read_results(folder)
 
 
 def comparison_table(methods: dict) -> str:
@@ -211,8 +196,9 @@ def build_parser():
 
 
 def main(argv=None) -> int:
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    import vxmtf_cli
+
+    vxmtf_cli.prepare_environment()  # before TensorFlow's import, when run as a program
     args = build_parser().parse_args(argv)
     methods = {}
     for item in args.method:
@@ -222,6 +208,7 @@ def main(argv=None) -> int:
             return 2
         methods[name] = folder
     from vxmtf import evaluation
+    from vxmtf.atomic import atomic_write_text
     from vxmtf.data.dataset import load_dataset
 
     out = Path(args.out)
@@ -247,7 +234,7 @@ def main(argv=None) -> int:
             summaries[name] = summary
             series[name] = [{"label": r["label"], "dice": r["dice_after"]} for r in records]
         table = comparison_table(summaries)
-        (out / "comparison.md").write_text(table)
+        atomic_write_text(out / "comparison.md", table)
         evaluation.plot_dice_series(series, out / "comparison_boxplot.png")
     except (ImportError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

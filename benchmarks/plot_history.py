@@ -13,37 +13,21 @@ better); right: the smoothness term alone.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import sys
 from pathlib import Path
 
 
 def read_history(run) -> tuple[list[int], dict[str, list[float]]]:
-    """`(steps, columns)` of a run folder: the step after each epoch and each logged column.
+    """`(steps, columns)` of a run folder (`vxmtf.training.run_folder.RunFolder.read_history`):
+    the step after each epoch and each logged column.
 
     Raises:
         FileNotFoundError: the folder has no history.csv or config.json.
         ValueError: history.csv has no `epoch` column or no rows.
     """
-    run = Path(run)
-    for name in ("history.csv", "config.json"):
-        if not (run / name).is_file():
-            raise FileNotFoundError(f"Expected a training run folder with {name}. Received: {run}")
-    steps_per_epoch = json.loads((run / "config.json").read_text())["train"]["steps_per_epoch"]
-    with open(run / "history.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows or "epoch" not in rows[0]:
-        raise ValueError(
-            f"Expected epoch rows in {run / 'history.csv'}. Received: {len(rows)} rows"
-        )
-    steps = [(int(row["epoch"]) + 1) * steps_per_epoch for row in rows]
-    columns = {
-        name: [float(row[name]) if row[name] else float("nan") for row in rows]
-        for name in rows[0]
-        if name != "epoch"
-    }
-    return steps, columns
+    from vxmtf.training.run_folder import RunFolder
+
+    return RunFolder(run).read_history()
 
 
 def plot_histories(runs: dict, path, offsets: dict | None = None) -> Path:

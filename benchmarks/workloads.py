@@ -12,7 +12,6 @@ from __future__ import annotations
 import statistics
 import time
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -24,7 +23,7 @@ from vxmtf.training.data import TrainingData
 
 # The training model (losses, loss weights, the Grad multiplier for a half-resolution velocity)
 # is built exactly as `vxmtf.training.train` builds it.
-from vxmtf.training.trainer import _training_model
+from vxmtf.training.trainer import build_training_model
 
 __all__ = [
     "build_trainer",
@@ -72,21 +71,14 @@ def build_trainer(shape, int_steps, xla=False):
 
     Encoder 16-32-32-32, decoder 32-32-32-32-32-16-16, NCC (window 9) on `moved` with weight 1
     plus Grad("l2") on `preint_flow` with weight 1 (times `int_resolution` = 2 when integrating),
-    Adam 1e-4: `vxmtf.training.trainer._training_model` with a default `RunConfig`.
+    Adam 1e-4: `vxmtf.training.trainer.build_training_model` with a default `RunConfig`.
 
     Returns:
         `(model, trainer, config)`.
     """
     config = RunConfig(model=ModelConfig(int_steps=int_steps), train=TrainConfig(xla=xla))
-    model = VxmDense(tuple(shape), **config.model.kwargs(), name="vxm_dense")
-    trainer, losses, weights = _training_model(model, config, num_classes=0)
-    trainer.compile(
-        optimizer=keras.optimizers.Adam(config.train.lr),
-        loss=losses,
-        loss_weights=weights,
-        jit_compile=xla,
-    )
-    return model, trainer, config
+    built = build_training_model(config, shape)
+    return built.model, built.compile(), config
 
 
 def train_workload(shape, int_steps, repeats, warmup, xla=False):

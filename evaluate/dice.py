@@ -6,9 +6,8 @@ Argument parsing only; the work is `vxmtf.registration.Registrator` and `vxmtf.e
 from __future__ import annotations
 
 import argparse
-import logging
-import os
-import sys
+
+import vxmtf_cli as cli
 
 DESCRIPTION = """\
 Register labelled pairs with a trained model and report, per pair and structure, the Dice overlap
@@ -36,16 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--model",
-        default="runs/vxm/best.keras",
-        help="a .keras file, a SavedModel folder (version folder or <base>/<name>: newest "
-        "version) or a run folder; default: runs/vxm/best.keras",
-    )
-    p.add_argument(
-        "--config",
-        help="the run's config.json (default: found beside the model or above its export)",
-    )
+    cli.add_model_arguments(p, default="runs/vxm/best.keras")
     p.add_argument("--data", help="dataset JSON (Learn2Reg style) or folder/glob of images")
     p.add_argument("--label-dir", help="folder of label maps matched to images by file name")
     p.add_argument(
@@ -66,22 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/eval", help="output folder; default: runs/eval")
     p.add_argument("--figures", action="store_true", help="also save PNG figures (matplotlib)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    cli.add_verbose_argument(p)
     return p
 
 
 def main(argv=None) -> int:
-    # oneDNN CPU kernels unless the user chose (TensorFlow reads this at import; see README).
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exit_:  # --help (0) or a usage error (2, message already printed)
-        return int(exit_.code or 0)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    """Parses the arguments, evaluates, writes the report; returns 0, or 2 on bad input."""
+    cli.prepare_environment()  # before TensorFlow's import (effective when run as a program)
+    args, code = cli.parse_args(build_parser(), argv)
+    if args is None:
+        return code
+    cli.setup_logging(args.verbose)
     from vxmtf import evaluation
     from vxmtf.registration import Registrator
 
@@ -90,26 +75,26 @@ def main(argv=None) -> int:
             evaluation.check_figures_available()
         registrator = Registrator(args.model, config=args.config)
         pairs, data = evaluation.select_pairs(
-            registrator,
+            registrator.config,
             data=args.data,
             pairs_csv=args.pairs,
             atlas=args.atlas,
             label_dir=args.label_dir,
             max_pairs=args.max_pairs,
             synthetic_shape=args.synthetic_shape,
+            inshape=registrator.inshape,
         )
         result = evaluation.evaluate(registrator, pairs, labels=args.labels, progress=args.progress)
         summary = evaluation.write_results(
             result, args.out, model=registrator.model_path, data=data
         )
         figures = evaluation.save_figures(result, args.out) if args.figures else []
-    except (ImportError, OSError, ValueError, TypeError, IndexError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except cli.BAD_INPUT as error:
+        return cli.report_error(error)
     print(evaluation.format_summary(summary))
     print(f"wrote {args.out}/dice.csv, {args.out}/summary.json", *figures, sep="\n  ")
-    return 0
+    return cli.EXIT_OK
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    cli.run_main("evaluate.dice", main)

@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import scipy_warp_batch
 from scipy import ndimage
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.python.framework import op_def_registry
@@ -56,19 +57,6 @@ def keras_reference(model, moving, fixed, pads):
     out = reference([np.pad(moving, widths), np.pad(fixed, widths)])
     crop = tuple(slice(a, a + n) for (a, _), n in zip(pads, moving.shape[1:-1], strict=True))
     return out["displacement"].numpy()[(slice(None), *crop)]
-
-
-def scipy_warp(image, displacement, order):
-    """`out[b, x, c] = image[b, x + displacement[b, x], c]` with SciPy (border clamped)."""
-    grid = np.stack(np.meshgrid(*[np.arange(n) for n in image.shape[1:-1]], indexing="ij"))
-    out = np.empty_like(image)
-    for b in range(image.shape[0]):
-        coords = grid + np.moveaxis(displacement[b], -1, 0)
-        for c in range(image.shape[-1]):
-            out[b, ..., c] = ndimage.map_coordinates(
-                image[b, ..., c], coords, order=order, mode="nearest"
-            )
-    return out
 
 
 def signature_tensors(export_dir, signature):
@@ -251,10 +239,10 @@ def test_outputs_match_keras_in_a_process_without_vxmtf(model, exported, tmp_pat
         np.testing.assert_allclose(displacement, expected, atol=1e-5)
         # `moved` is the input warped by that field, moved[x] = moving[x + u(x)].
         np.testing.assert_allclose(
-            served[f"{name}.moved"], scipy_warp(moving, displacement, order=1), atol=1e-5
+            served[f"{name}.moved"], scipy_warp_batch(moving, displacement, order=1), atol=1e-5
         )
     warped = served["warp.warped"]
-    np.testing.assert_array_equal(warped, scipy_warp(labels, inputs["warp.displacement"], 0))
+    np.testing.assert_array_equal(warped, scipy_warp_batch(labels, inputs["warp.displacement"], 0))
 
 
 def test_c_api_loader_gives_the_python_outputs(exported, tmp_path):
@@ -390,15 +378,15 @@ def test_unwritable_base_dir_raises_oserror_naming_it(model, tmp_path):
     assert str(blocker) in str(error.value)
 
 
-def test_command_line(model, tmp_path, capsys, caplog):
+def test_command_line(model, tmp_path, capsys):
     model.save(tmp_path / "model.keras")
     base = tmp_path / "models"
     args = ["--model", str(tmp_path / "model.keras"), "--base-dir", str(base), "--version", "4"]
     assert main(args) == 0
     assert capsys.readouterr().out.strip() == str(base / "vxm" / "4")
     assert (base / "vxm" / "4" / "saved_model.pb").is_file()
-    assert main(args) == 1  # version 4 exists: refused, reported, nothing overwritten
-    assert f"already exists: '{base / 'vxm' / '4'}'" in caplog.text
+    assert main(args) == 2  # version 4 exists: refused, reported, nothing overwritten
+    assert f"already exists: '{base / 'vxm' / '4'}'" in capsys.readouterr().err
     assert main([*args[:4], "--name", "small", "--xla"]) == 0
     assert (base / "small" / "1" / "saved_model.pb").is_file()
 

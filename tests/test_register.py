@@ -10,10 +10,10 @@ with the written ITK displacement field.
 import nibabel as nib
 import numpy as np
 import pytest
+from helpers import shift_model
 from nibabel.affines import apply_affine
 from scipy import ndimage
 
-from vxmtf.networks.vxm_dense import VxmDense
 from vxmtf.register import main
 
 #: The model's displacement in voxels, component k along voxel axis k.
@@ -49,10 +49,7 @@ def _save(path, array, affine, descrip=b"", units=("mm", "sec")):
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    model = VxmDense((16, 16, 16), enc_features=(4, 4), dec_features=(4, 4, 4), int_steps=0)
-    flow = model.get_layer("flow")
-    kernel, _ = flow.get_weights()
-    flow.set_weights([np.zeros_like(kernel), SHIFT])
+    model = shift_model(SHIFT)
     path = tmp_path_factory.mktemp("model") / "shift.keras"
     model.save(path)
     return path

@@ -4,17 +4,15 @@ Options follow the official VoxelMorph scripts' names where they overlap. Everyt
 argument parsing; the work is `vxmtf.training.train`.
 
 Unless the environment already says otherwise, this entry point turns on TensorFlow's oneDNN
-CPU kernels (`TF_ENABLE_ONEDNN_OPTS=1`), which TensorFlow enables by default only on CPUs with
-AVX-512-class features; they make the 3D convolutions several times faster on other x86 CPUs.
-Set `TF_ENABLE_ONEDNN_OPTS=0` to opt out.
+CPU kernels (`TF_ENABLE_ONEDNN_OPTS=1`; see `vxmtf_cli`). Set `TF_ENABLE_ONEDNN_OPTS=0` to opt
+out.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import os
-import sys
+
+import vxmtf_cli as cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="skip the SavedModel export at the end",
     )
-    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    cli.add_verbose_argument(p)
     return p
 
 
@@ -194,25 +192,23 @@ def config_from_args(args):
 
 
 def main(argv=None) -> int:
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    """Parses the arguments and trains; returns 0, or 2 on bad input."""
+    cli.prepare_environment()  # before TensorFlow's import (effective when run as a program)
     parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
-    )
+    args, code = cli.parse_args(parser, argv)
+    if args is None:
+        return code
+    cli.setup_logging(args.verbose)
     try:
         config = config_from_args(args)
     except ValueError as error:
-        parser.error(str(error))
+        return cli.report_error(error)
     from vxmtf.training import train
 
     try:
         result = train(config)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except cli.BAD_INPUT as error:
+        return cli.report_error(error)
     print(
         f"Trained model: {result.model_dir / 'last.keras'} "
         f"(best: {result.model_dir / 'best.keras'})"
@@ -220,8 +216,8 @@ def main(argv=None) -> int:
     if result.export_path is not None:
         print(f"SavedModel for TF Serving: {result.export_path}")
     print(f"Wall time: {result.seconds:.0f} s")
-    return 0
+    return cli.EXIT_OK
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run_main("train", main)

@@ -26,19 +26,17 @@ Command line: `python -m vxmtf.export --model model.keras --base-dir models [--v
 """
 
 import argparse
-import contextlib
 import errno
 import logging
-import os
 import re
-import shutil
-import uuid
 from pathlib import Path
 
-import keras
 import tensorflow as tf
 
-from vxmtf.networks.vxm_dense import VxmDense
+import vxmtf_cli as cli
+from vxmtf.atomic import atomic_path
+from vxmtf.checks import check_int
+from vxmtf.networks.loading import as_vxm_dense, float32_clone
 from vxmtf.ops.resample import warp
 
 logger = logging.getLogger(__name__)
@@ -68,18 +66,17 @@ def export_saved_model(model, base_dir, model_name="vxm", version=None, jit_comp
         `Path` of the new version folder.
 
     Raises:
-        TypeError: `model` is not a `VxmDense` (or the file does not hold one).
+        NotVxmDenseError (a TypeError): `model` is not a `VxmDense` (or the file does not hold
+            one).
+        FileNotFoundError, ValueError: the model file is missing or unreadable.
         ValueError: `version` is not a non-negative integer, or `model_name` is not a plain name.
         FileExistsError: that version already exists (the error names its path).
         OSError: `base_dir` cannot be created or written (raised by the file system, with the
             path).
     """
-    model = _load(model)
-    valid = isinstance(version, int) and not isinstance(version, bool) and version >= 0
-    if not (version is None or valid):
-        raise ValueError(
-            f"`version` must be None or an integer >= 0. Received: version={version!r}"
-        )
+    model = as_vxm_dense(model)
+    if version is not None:
+        check_int("version", version, minimum=0)
     if not model_name or Path(model_name).name != model_name or model_name.startswith("."):
         raise ValueError(
             "`model_name` must be a plain folder name (no separators, not hidden). "
@@ -95,9 +92,9 @@ def export_saved_model(model, base_dir, model_name="vxm", version=None, jit_comp
     if version in existing:
         raise FileExistsError(errno.EEXIST, "Model version already exists", str(existing[version]))
 
-    module = _serving_module(model, jit_compile)
-    staging = model_dir / f".tmp-{version}-{uuid.uuid4().hex}"
-    try:
+    module = _ServingModule(float32_clone(model), model.size_multiple, bool(jit_compile))
+    # The hidden temporary folder (`.<version>.tmp-...`) is a name TF Serving ignores.
+    with atomic_path(target, directory=True) as staging:
         tf.saved_model.save(
             module,
             str(staging),
@@ -106,12 +103,6 @@ def export_saved_model(model, base_dir, model_name="vxm", version=None, jit_comp
                 "warp": module.warp.get_concrete_function(),
             },
         )
-        if target.exists():  # another writer took this version meanwhile
-            raise FileExistsError(errno.EEXIST, "Model version already exists", str(target))
-        os.rename(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     logger.info("Exported %s (jit_compile=%s) to %s", model.name, jit_compile, target)
     return target
 
@@ -119,43 +110,6 @@ def export_saved_model(model, base_dir, model_name="vxm", version=None, jit_comp
 def padding_multiple(model):
     """Size every spatial axis is padded to a multiple of (`VxmDense.size_multiple`)."""
     return model.size_multiple
-
-
-def _load(model):
-    if isinstance(model, (str, os.PathLike)):
-        model = keras.models.load_model(model, compile=False)
-    if not isinstance(model, VxmDense):
-        raise TypeError(
-            "Expected a vxmtf.networks.VxmDense model (or the path of a .keras file holding one). "
-            f"Received: model of type {type(model).__name__}"
-        )
-    return model
-
-
-@contextlib.contextmanager
-def _float32_policy():
-    # Keras keeps the global dtype policy per thread; restore whatever the caller had set.
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("float32")
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
-
-
-def _float32_clone(model):
-    """The same architecture with free spatial sizes, float32 everywhere, holding `model`'s weights.
-
-    The inverse outputs of a bidirectional model are dropped: they add no weights.
-    """
-    config = model.get_config()
-    config.update(inshape=(None,) * len(model.inshape), bidir=False)
-    with _float32_policy():
-        clone = VxmDense.from_config(config)
-    for layer in clone.layers:
-        if layer.weights:
-            layer.set_weights(model.get_layer(layer.name).get_weights())
-    return clone
 
 
 class _ServingModule(tf.Module):
@@ -237,40 +191,39 @@ class _ServingModule(tf.Module):
         )
 
 
-def _serving_module(model, jit_compile):
-    return _ServingModule(_float32_clone(model), padding_multiple(model), bool(jit_compile))
-
-
 def main(argv=None):
-    """`python -m vxmtf.export`: export a `.keras` VxmDense for TF Serving; prints the folder."""
+    """`python -m vxmtf.export`: export a `.keras` VxmDense for TF Serving; prints the folder.
+
+    Returns 0, or 2 on bad input (`error: ...` on stderr)."""
     parser = argparse.ArgumentParser(
         prog="python -m vxmtf.export",
         description="Export a trained VxmDense (.keras) as a SavedModel in TF Serving's layout "
         "<base-dir>/<name>/<version>/.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--model", required=True, help="path of the trained .keras model")
     parser.add_argument("--base-dir", required=True, help="folder of exported models")
-    parser.add_argument("--name", default="vxm", help="model name (sub-folder); default: vxm")
+    parser.add_argument("--name", default="vxm", help="model name (sub-folder)")
     parser.add_argument(
-        "--version", type=int, default=None, help="version number; default: the next free one"
+        "--version", type=int, default=None, help="version number (default: the next free one)"
     )
     parser.add_argument(
         "--xla", action="store_true", help="compile the signatures with XLA (jit_compile)"
     )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cli.add_verbose_argument(parser)
+    args, code = cli.parse_args(parser, argv)
+    if args is None:
+        return code
+    cli.setup_logging(args.verbose)
     try:
         path = export_saved_model(
             args.model, args.base_dir, args.name, version=args.version, jit_compile=args.xla
         )
-    except (TypeError, ValueError, OSError) as error:
-        logger.error("%s", error)
-        return 1
+    except cli.BAD_INPUT as error:
+        return cli.report_error(error)
     print(path)
-    return 0
+    return cli.EXIT_OK
 
 
 if __name__ == "__main__":
-    from vxmtf.launch import run_main
-
-    run_main("vxmtf.export", main)
+    cli.run_main("vxmtf.export", main)

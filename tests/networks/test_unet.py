@@ -178,3 +178,29 @@ def test_recompute_without_final_convolutions():
 def test_recompute_must_be_a_bool(recompute):
     with pytest.raises(TypeError, match=f"Received: recompute={recompute!r}"):
         Unet((16, 16), 2, (4, 8), (8, 8, 4), recompute=recompute)
+
+
+@pytest.mark.parametrize(
+    "enc_features,dec_features", [((4, 8, 8), (8, 8, 8, 8, 4)), ((4,), (6,)), ((4, 8), (8, 8))]
+)
+def test_stages_name_the_layers_and_compose_to_the_network(enc_features, dec_features):
+    unet = Unet((16, 16), 2, enc_features, dec_features)
+    levels, finals = len(enc_features), len(dec_features) - len(enc_features)
+    assert [level.conv.name for level in unet.encoder] == [f"enc_conv_{k}" for k in range(levels)]
+    assert [level.pool.name for level in unet.encoder] == [f"enc_pool_{k}" for k in range(levels)]
+    assert [level.concat.name for level in unet.decoder] == [
+        f"dec_concat_{k}" for k in range(levels)
+    ]
+    assert [block.activation.name for block in unet.full_resolution] == [
+        f"final_conv_{k}_activation" for k in range(finals)
+    ]
+    # encoder[0] -> coarse_levels -> decoder[-1]'s merge -> full_resolution is the network.
+    x = tf.constant(np.random.default_rng(6).uniform(size=(2, 16, 16, 2)), tf.float32)
+    level0, merge = unet.encoder[0], unet.decoder[-1]
+    skip = level0.activation(level0.conv(x))
+    coarse = unet.coarse_levels(level0.pool(skip))
+    assert coarse.shape == (2, 8, 8, dec_features[levels - 1])
+    y = merge.concat([merge.upsample(coarse), skip])
+    for block in unet.full_resolution:
+        y = block.activation(block.conv(y))
+    np.testing.assert_allclose(y.numpy(), unet(x).numpy(), rtol=1e-6, atol=1e-6)

@@ -300,3 +300,28 @@ def test_short_optimisation_learns_the_deformation():
     assert after_loss < 0.5 * before_loss
     assert after_dice > before_dice + 0.03
     assert after_dice > 0.9
+
+
+@pytest.mark.parametrize("int_steps,int_resolution", [(0, 2), (3, 1), (3, 2)])
+def test_stages_compose_to_the_outputs(int_steps, int_resolution):
+    model = VxmDense((16, 16), int_steps=int_steps, int_resolution=int_resolution, **SMALL)
+    rng = np.random.default_rng(7)
+    model.flow_head.set_weights(
+        [rng.normal(0, 0.05, w.shape) for w in model.flow_head.get_weights()]
+    )
+    moving, fixed = (rng.uniform(size=(1, 16, 16, 1)).astype(np.float32) for _ in range(2))
+    out = model([moving, fixed])
+    flow = model.flow_head(model.unet(model.concat([moving, fixed])))
+    velocity = model.flow_to_velocity(flow)
+    np.testing.assert_allclose(velocity.numpy(), out["preint_flow"].numpy(), atol=1e-6)
+    displacement = model.flow_to_displacement(flow)
+    np.testing.assert_allclose(displacement.numpy(), out["displacement"].numpy(), atol=1e-6)
+    if int_steps == 0:
+        assert model.flow_to_displacement(flow) is flow
+    moved = model.transformer(moving, displacement)
+    np.testing.assert_allclose(moved.numpy(), out["moved"].numpy(), atol=1e-6)
+
+
+def test_bidir_must_be_a_bool():
+    with pytest.raises(TypeError, match="Received: bidir=1"):
+        VxmDense((16, 16), bidir=1, **SMALL)

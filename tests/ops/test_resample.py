@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import scipy_warp
 from scipy import ndimage
 
 from vxmtf.ops import identity_grid, resample, warp
@@ -16,20 +17,6 @@ def smooth_field(rng, shape, amplitude):
         field[..., k] = ndimage.gaussian_filter(field[..., k], sigma=2.0)
         field[..., k] *= amplitude / (np.abs(field[..., k]).max() + 1e-12)
     return field
-
-
-def scipy_warp(image, displacement, order, mode="nearest", cval=0.0):
-    """Oracle: out[x] = image[x + d(x)] per channel with scipy (image (*S, C), d (*S, ndim))."""
-    shape = image.shape[:-1]
-    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), axis=0)
-    coords = grid + np.moveaxis(displacement, -1, 0)
-    return np.stack(
-        [
-            ndimage.map_coordinates(image[..., c], coords, order=order, mode=mode, cval=cval)
-            for c in range(image.shape[-1])
-        ],
-        axis=-1,
-    )
 
 
 def interior(shape, margin):
@@ -163,3 +150,21 @@ def test_linear_rejects_integer_image():
 def test_unknown_interpolation():
     with pytest.raises(ValueError, match="Received: interpolation='cubic'"):
         warp(tf.zeros((1, 4, 4, 1)), tf.zeros((1, 4, 4, 2)), interpolation="cubic")
+
+
+@pytest.mark.parametrize("rows", [1, 3, 7, 100])
+def test_warp_by_rows_equals_the_whole_warp(rows):
+    """`warp(..., rows=...)` computes chunks of output rows in a loop: the same values, eager and
+    inside a graph with unknown sizes."""
+    rng = np.random.default_rng(5)
+    image = tf.constant(rng.uniform(size=(2, 9, 6, 5, 2)).astype(np.float32))
+    field = tf.constant(rng.normal(0, 2, size=(2, 9, 6, 5, 3)).astype(np.float32))
+    whole = warp(image, field).numpy()
+    np.testing.assert_array_equal(warp(image, field, rows=rows).numpy(), whole)
+    specs = [tf.TensorSpec([None] * 5, tf.float32), tf.TensorSpec([None] * 4 + [3], tf.float32)]
+    graph = tf.function(lambda i, d: warp(i, d, rows=rows), input_signature=specs)
+    np.testing.assert_array_equal(graph(image, field).numpy(), whole)
+    labels = tf.constant(rng.integers(0, 4, size=(2, 9, 6, 5, 1)).astype(np.int32))
+    np.testing.assert_array_equal(
+        warp(labels, field, "nearest", rows=rows).numpy(), warp(labels, field, "nearest").numpy()
+    )

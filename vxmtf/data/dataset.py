@@ -72,13 +72,32 @@ def _key(path: Path) -> str:
     return str(Path(path).resolve())
 
 
-def find_label(image: str | os.PathLike, labels_dir: str | os.PathLike) -> Path | None:
+def sibling_labels_dir(image: str | os.PathLike) -> Path | None:
+    """The labels folder beside an image's ``images*`` folder (``imagesTr -> labelsTr``, the
+    Learn2Reg layout), or ``None`` when the image's folder is not so named or has no sibling."""
+    folder = Path(image).parent
+    if "images" not in folder.name:
+        return None
+    sibling = folder.parent / folder.name.replace("images", "labels")
+    return sibling if sibling.is_dir() else None
+
+
+def find_label(
+    image: str | os.PathLike, labels_dir: str | os.PathLike | None = None
+) -> Path | None:
     """The label map of ``image`` in ``labels_dir`` by the naming rule, or ``None``.
 
     Tries ``NAME + suffix + ending`` for ``suffix`` in :data:`LABEL_SUFFIXES` (the image's own
     ending first, then every other known ending). The image itself never counts as its label.
+    Without ``labels_dir``, looks in :func:`sibling_labels_dir` of the image.
     """
+    if labels_dir is None:
+        labels_dir = sibling_labels_dir(image)
+        if labels_dir is None:
+            return None
     image, labels_dir = Path(image), Path(labels_dir)
+    if not labels_dir.is_dir():
+        return None
     stem, ending = _strip_suffix(image.name)
     endings = [ending] + [s for s in SUFFIXES if s != ending]
     for suffix in LABEL_SUFFIXES:
@@ -102,6 +121,8 @@ class Dataset:
         label_values: the label values in use, sorted, ``0`` (background) first; ``None`` when
             unknown (label maps are then taken to hold contiguous indices already).
         name: a short name for logs.
+        label_names: structure name of each label value (a dataset JSON's ``labels``), or
+            ``None``.
     """
 
     images: list[Path]
@@ -110,6 +131,7 @@ class Dataset:
     val_pairs: list[tuple[Scan, Scan]] = dataclasses.field(default_factory=list)
     label_values: list[int] | None = None
     name: str = "dataset"
+    label_names: dict[int, str] | None = None
 
     def __post_init__(self):
         self.images = [Path(p) for p in self.images]
@@ -366,11 +388,8 @@ def _from_json(path: Path, labels_dir: Path | None, atlas, name: str | None) -> 
         if scan.label is not None:
             return scan
         label = known.get(_key(scan.image))
-        folder = labels_dir
-        if label is None and folder is None and "images" in scan.image.parent.name:
-            folder = scan.image.parent.parent / scan.image.parent.name.replace("images", "labels")
-        if label is None and folder is not None and folder.is_dir():
-            label = find_label(scan.image, folder)
+        if label is None:
+            label = find_label(scan.image, labels_dir)
         return Scan(scan.image, label)
 
     training = [with_label(s) for s in training]
@@ -393,15 +412,16 @@ def _from_json(path: Path, labels_dir: Path | None, atlas, name: str | None) -> 
             (with_label(scan_of(entry["moving"])), with_label(scan_of(entry["fixed"])))
         )
     label_names = description.get("labels")
-    label_values = None
+    label_values, names = None, None
     if isinstance(label_names, dict) and label_names:
         try:
-            label_values = sorted(int(k) for k in label_names)
+            names = {int(k): str(v) for k, v in label_names.items()}
         except ValueError as error:
             raise ValueError(
                 f"Expected integer keys in the 'labels' of {path}. Received: "
                 f"keys={list(label_names)[:5]}"
             ) from error
+        label_values = sorted(names)
     return Dataset(
         images=[s.image for s in training],
         labels=[s.label for s in training] if all(with_labels) and training else None,
@@ -409,4 +429,5 @@ def _from_json(path: Path, labels_dir: Path | None, atlas, name: str | None) -> 
         val_pairs=val_pairs,
         label_values=label_values,
         name=name or description.get("name") or path.stem,
+        label_names=names,
     )

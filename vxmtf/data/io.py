@@ -2,8 +2,8 @@
 
 Files keep their geometry: :func:`load_volume` returns the voxel array together with its 4x4
 voxel-to-world affine and (for NIfTI) the header, and :func:`save_volume` writes them back.
-Writes are atomic: the data go to a temporary file in the destination folder which then replaces
-the destination with :func:`os.replace`, so a failed write never truncates an existing file.
+Writes are atomic (:func:`vxmtf.atomic.atomic_path`): a failed write never truncates an existing
+file. :func:`load_label_map` reads a label map and checks it against its image.
 
 :func:`read_shape` reads only what is needed to know a file's array shape (the NIfTI header, the
 ``.npy`` header, or the header of the array inside a ``.npz`` archive), so that a dataset can be
@@ -16,17 +16,18 @@ rank checks are the caller's (see :meth:`vxmtf.data.dataset.Dataset.validate`).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
+from typing import NamedTuple
 
 import nibabel as nib
 import numpy as np
+
+from vxmtf.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -60,12 +61,16 @@ class Volume:
         affine: ``(4, 4)`` float64 voxel-to-world matrix (identity when the file has none).
         header: the NIfTI header (a copy, safe to modify), or ``None`` for ``.npy``/``.npz``.
         path: the file the volume was read from, or ``None``.
+        has_affine: whether the file carries a voxel-to-world affine (NIfTI, or ``.npz`` with
+            an ``affine`` array); when False, ``affine`` is the identity by default and says
+            nothing of the volume's place in the world.
     """
 
     array: np.ndarray
     affine: np.ndarray
     header: nib.Nifti1Header | None = None
     path: Path | None = None
+    has_affine: bool = True
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -198,13 +203,14 @@ def load_volume(path: str | os.PathLike) -> Volume:
             array = array.reshape(_squeeze_trailing(array.shape))
             return Volume(array, np.asarray(image.affine, np.float64), image.header.copy(), path)
         if kind == "npy":
-            return Volume(np.load(path, allow_pickle=False), np.eye(4), None, path)
+            return Volume(np.load(path, allow_pickle=False), np.eye(4), None, path, False)
         with np.load(path, allow_pickle=False) as archive:
             array = archive[_npz_member(archive, path)]
-            affine = np.eye(4)
+            affine, has_affine = np.eye(4), False
             if NPZ_AFFINE_KEY in archive.files and archive[NPZ_AFFINE_KEY].shape == (4, 4):
                 affine = np.asarray(archive[NPZ_AFFINE_KEY], np.float64)
-        return Volume(array, affine, None, path)
+                has_affine = True
+        return Volume(array, affine, None, path, has_affine)
     except _READ_ERRORS as error:
         if isinstance(error, ValueError) and str(error).startswith("Could not read"):
             raise
@@ -334,22 +340,72 @@ def save_volume(
             f"Expected a (4, 4) affine for {path}. Received: affine.shape={np.shape(affine)}"
         )
     suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix
-    folder = path.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=suffix)
-    os.close(handle)
-    temporary = Path(temporary)
-    try:
+    with atomic_path(path, suffix=suffix) as temporary:
         if kind == "nifti":
             _write_nifti(temporary, array, affine, header, dtype)
         else:
             _write_numpy(temporary, kind, array, affine)
-        mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-        os.chmod(temporary, mode)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
-        raise
     logger.debug("Wrote %s with shape %s", path, np.shape(array))
     return path
+
+
+#: Two affines whose entries all differ by less than this (mm) describe the same grid.
+AFFINE_TOLERANCE = 1e-3
+
+
+def same_affine(a, b) -> bool:
+    """Whether two `(4, 4)` affines agree entry by entry within `AFFINE_TOLERANCE`."""
+    return bool(np.allclose(a, b, rtol=0.0, atol=AFFINE_TOLERANCE))
+
+
+def load_label_map(path, image: Volume | None = None, role: str = "label map") -> LabelMap:
+    """Reads an integer label map and checks it lies on its image's grid.
+
+    Args:
+        path: the label file.
+        image: the volume it labels (checked: the same shape and, when both files carry one,
+            the same affine), or None.
+        role: how errors name the file (e.g. "moving label map").
+
+    Returns:
+        A `LabelMap`: the `Volume` with an int32 array (a file of floats must hold integers;
+        booleans become 0/1), and the integer dtype the file stores (to write results in it).
+
+    Raises:
+        FileNotFoundError: no file at `path`.
+        ValueError: unreadable, off its image's grid, or non-integer values.
+    """
+    try:
+        labels = load_volume(path)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"The {role} file was not found: {path}") from error
+    if image is not None:
+        if labels.shape != image.shape:
+            raise ValueError(
+                f"The {role} {path} must lie on the grid of its image {image.path}: expected "
+                f"shape {image.shape}. Received: shape={labels.shape}"
+            )
+        if labels.has_affine and image.has_affine and not same_affine(labels.affine, image.affine):
+            raise ValueError(
+                f"The {role} {path} must lie on the grid of its image {image.path}: expected its "
+                f"affine\n{image.affine}\nReceived: affine=\n{labels.affine}"
+            )
+    array = labels.array
+    storage = array.dtype if np.issubdtype(array.dtype, np.integer) else None
+    if labels.header is not None and np.issubdtype(labels.header.get_data_dtype(), np.integer):
+        storage = labels.header.get_data_dtype()  # scaled integer files read as floats
+    if not (np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_):
+        if not (np.all(np.isfinite(array)) and np.array_equal(array, np.round(array))):
+            raise ValueError(
+                f"The {role} {path} must hold integer labels. "
+                f"Received: dtype={array.dtype} with non-integer values"
+            )
+    return LabelMap(dataclasses.replace(labels, array=array.astype(np.int32)), storage)
+
+
+class LabelMap(NamedTuple):
+    """A label map read by `load_label_map`: the volume (int32) and its file's integer dtype
+    (None for a file of floats holding integers, or of booleans)."""
+
+    volume: Volume
+    storage: np.dtype | None

@@ -1,7 +1,9 @@
 """Preprocessing of single volumes: intensity normalisation, downsampling, padding, label remapping.
 
 All functions are pure NumPy on one volume whose leading axes are spatial, e.g. ``(X, Y, Z)``,
-optionally followed by channel axes. The pipeline applies, in this order:
+optionally followed by channel axes, except :func:`resize_displacement`, which undoes the
+downsampling for a displacement field with `vxmtf.ops.rescale_field`. The pipeline applies, in
+this order:
 
 images:  float32 -> :func:`normalize_intensity` -> :func:`downsample_image` -> pad/crop
 labels:  :func:`remap_labels` (values -> indices 0..K) -> :func:`downsample_labels` -> pad/crop
@@ -26,6 +28,8 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+
+from vxmtf.ops import rescale_field
 
 NORMALIZATIONS = ("minmax", "percentile", None)
 RESIZES = ("pad", "crop")
@@ -363,3 +367,36 @@ def preprocess_labels(
 
 def _to_multiple(array: np.ndarray, config: PreprocessConfig) -> tuple[np.ndarray, Padding]:
     return pad_to_multiple(array, config.multiple, resize=config.resize)
+
+
+def resize_displacement(displacement, shape, factor):
+    """Brings a displacement from a grid downsampled by `factor` back to the full grid: the
+    inverse, for fields, of the downsampling of `preprocess_image`.
+
+    With `C_k = shape_k // factor`, the field `(*C, ndim)` is resized to `(*(factor * C), ndim)`
+    by `vxmtf.ops.rescale_field` (fine voxel `y` reads coarse position `(y + 0.5) / K - 0.5`,
+    N-linearly, border clamped; vectors times `K`), then the `shape_k - K C_k` voxels past the
+    coarse grid repeat the last row (edge padding), matching the downsampling that dropped them.
+
+    Args:
+        displacement: `(*C, ndim)` in coarse voxels.
+        shape: the full spatial shape `S`.
+        factor: the integer downsampling factor `K >= 1`.
+
+    Returns:
+        `(*S, ndim)` float32 in full-grid voxels.
+    """
+    displacement = np.asarray(displacement, np.float32)
+    shape = tuple(int(s) for s in shape)
+    coarse = tuple(s // factor for s in shape)
+    if displacement.shape != (*coarse, len(shape)):
+        raise ValueError(
+            f"Expected a displacement of shape {(*coarse, len(shape))} (the grid {shape} "
+            f"downsampled by {factor}). Received: displacement.shape={displacement.shape}"
+        )
+    if factor == 1:
+        return displacement
+    covered = tuple(factor * c for c in coarse)
+    fine = rescale_field(displacement[None], out_shape=covered).numpy()[0]
+    widths = [(0, s - c) for s, c in zip(shape, covered, strict=True)] + [(0, 0)]
+    return np.pad(fine, widths, mode="edge")

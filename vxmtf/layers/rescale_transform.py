@@ -2,6 +2,7 @@
 
 import keras
 
+from vxmtf.checks import check_positive
 from vxmtf.layers.spatial_transformer import check_warp_shapes
 from vxmtf.ops.rescale import rescale_field
 
@@ -23,9 +24,7 @@ class RescaleTransform(keras.layers.Layer):
 
     def __init__(self, factor, **kwargs):
         super().__init__(autocast=False, **kwargs)
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 0:
-            raise ValueError(f"`factor` must be a positive number. Received: factor={factor!r}")
-        self.factor = float(factor)
+        self.factor = check_positive("factor", factor)
 
     def build(self, field_shape):
         check_warp_shapes(field_shape, field_shape)

@@ -2,6 +2,7 @@
 
 import keras
 
+from vxmtf.checks import check_int
 from vxmtf.layers.spatial_transformer import check_warp_shapes
 from vxmtf.ops.integrate import integrate_velocity
 
@@ -23,9 +24,7 @@ class VecInt(keras.layers.Layer):
 
     def __init__(self, steps=7, **kwargs):
         super().__init__(autocast=False, **kwargs)
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
-            raise ValueError(f"`steps` must be an integer >= 0. Received: steps={steps!r}")
-        self.steps = steps
+        self.steps = check_int("steps", steps, minimum=0)
 
     def build(self, velocity_shape):
         check_warp_shapes(velocity_shape, velocity_shape)

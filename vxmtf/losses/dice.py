@@ -1,10 +1,9 @@
 """`Dice`: soft Dice loss on one-hot or probabilistic label maps."""
 
-import numbers
-
 import keras
 import tensorflow as tf
 
+from vxmtf.checks import check_positive
 from vxmtf.losses.utils import check_same_shape, check_spatial_rank, loss_float
 
 __all__ = ["Dice", "soft_dice"]
@@ -38,7 +37,7 @@ def soft_dice(y_true, y_pred, eps=1e-5, include_background=False):
         ValueError: ``eps`` not positive, rank other than 4 or 5, static shapes that differ, or
             a single channel with ``include_background=False`` (no label left).
     """
-    _check_eps(eps)
+    eps = check_positive("eps", eps)
     y_true, y_pred = loss_float(y_true, y_pred)
     check_spatial_rank(y_pred, "y_pred")
     check_same_shape(y_true, y_pred)
@@ -84,8 +83,7 @@ class Dice(keras.losses.Loss):
 
     def __init__(self, eps=1e-5, include_background=False, name="dice", **kwargs):
         super().__init__(name=name, **kwargs)
-        _check_eps(eps)
-        self.eps = float(eps)
+        self.eps = check_positive("eps", eps)
         self.include_background = bool(include_background)
 
     def call(self, y_true, y_pred):
@@ -96,8 +94,3 @@ class Dice(keras.losses.Loss):
         config = super().get_config()
         config.update({"eps": self.eps, "include_background": self.include_background})
         return config
-
-
-def _check_eps(eps):
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps > 0:
-        raise ValueError(f"`eps` must be a positive number. Received: eps={eps!r}")

@@ -1,10 +1,9 @@
 """`Grad`: smoothness penalty on a displacement field from its forward differences."""
 
-import numbers
-
 import keras
 import tensorflow as tf
 
+from vxmtf.checks import check_positive
 from vxmtf.losses.utils import check_spatial_rank, loss_float
 
 __all__ = ["PENALTIES", "Grad", "grad_penalty"]
@@ -91,14 +90,8 @@ class Grad(keras.losses.Loss):
     def __init__(self, penalty="l1", loss_mult=None, name="grad", **kwargs):
         super().__init__(name=name, **kwargs)
         _check_penalty(penalty)
-        if loss_mult is not None and (
-            isinstance(loss_mult, bool) or not isinstance(loss_mult, numbers.Real) or loss_mult <= 0
-        ):
-            raise ValueError(
-                f"`loss_mult` must be None or a positive number. Received: loss_mult={loss_mult!r}"
-            )
         self.penalty = penalty
-        self.loss_mult = None if loss_mult is None else float(loss_mult)
+        self.loss_mult = check_positive("loss_mult", loss_mult, optional=True)
 
     def call(self, y_true, y_pred):
         del y_true  # the penalty depends on the predicted field only

@@ -1,11 +1,11 @@
 """`NCC`: local (windowed) normalised cross-correlation, the VoxelMorph image similarity loss."""
 
 import math
-import numbers
 
 import keras
 import tensorflow as tf
 
+from vxmtf.checks import check_positive
 from vxmtf.losses.utils import check_same_shape, check_spatial_rank, loss_float
 from vxmtf.ops.filters import box_sum, normalize_window
 
@@ -49,7 +49,7 @@ def local_ncc(y_true, y_pred, window=9, eps=1e-5):
         ValueError: bad ``window`` or ``eps``, rank other than 4 or 5, or static shapes of
             ``y_true`` and ``y_pred`` that differ.
     """
-    _check_eps(eps)
+    eps = _check_eps(eps)
     y_true, y_pred = loss_float(y_true, y_pred)
     check_spatial_rank(y_pred, "y_pred")
     check_same_shape(y_true, y_pred)
@@ -109,9 +109,8 @@ class NCC(keras.losses.Loss):
     def __init__(self, window=9, eps=1e-5, name="ncc", **kwargs):
         super().__init__(name=name, **kwargs)
         windows = normalize_window(window, None)
-        _check_eps(eps)
         self.window = windows if isinstance(window, (list, tuple)) else windows[0]
-        self.eps = float(eps)
+        self.eps = _check_eps(eps)
 
     def call(self, y_true, y_pred):
         return -mean_local_ncc(y_true, y_pred, window=self.window, eps=self.eps)
@@ -123,8 +122,4 @@ class NCC(keras.losses.Loss):
 
 
 def _check_eps(eps):
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps > 0:
-        raise ValueError(
-            "`eps` must be a positive number (it keeps cc finite on constant windows). "
-            f"Received: eps={eps!r}"
-        )
+    return check_positive("eps", eps, hint="it keeps cc finite on constant windows")

@@ -10,6 +10,8 @@ Ecology 26(3), 1945.
 
 import numpy as np
 
+from vxmtf.checks import is_int
+
 __all__ = ["dice"]
 
 # Above this many bins the joint histogram (max_label + 1) ** 2 would cost too much memory
@@ -119,7 +121,7 @@ def _check_requested(labels):
     """Returns `labels` as a list of Python ints, each at least 1."""
     result = []
     for label in labels:
-        if isinstance(label, bool) or not isinstance(label, int | np.integer):
+        if not is_int(label):
             raise TypeError(
                 f"Expected `labels` to hold integers. Received: label={label!r} "
                 f"of type {type(label).__name__}"

@@ -5,13 +5,15 @@ the default U-Net holds 16 (skip) + 32 (upsampled) + 48 (concatenation) + 32 (ne
 channels there at once, 3.5 GB. `tiled_displacement` computes the same displacement but never
 holds more than a slab of rows (along the first spatial axis) of the full-resolution tensors:
 
-    A. encoder level 0, over chunks of rows:  pair -> enc_conv_0 -> LeakyReLU -> enc_pool_0
-       (each chunk reads one more input row on each side, and pools whole pairs of rows)
-    B. the coarser levels, whole:  enc_conv_1 ... dec_conv_{L-1}, at 1/2 resolution and below
-    C. the full-resolution decoder, streamed over slabs of rows:
-       [dec_upsample_{L-1}(B's output), enc_conv_0(pair) again] -> concat -> final_conv_* -> flow
-    D. the field, whole (3 channels): int_steps == 0: displacement = flow; else velocity_resize,
-       integrate, displacement_resize, the model's own layers.
+    A. encoder level 0 (`unet.encoder[0]`), over chunks of rows:  pair -> conv -> LeakyReLU
+       -> pool (each chunk reads one more input row on each side, and pools whole pairs of rows)
+    B. the coarser levels, whole (`unet.coarse_levels`): encoder level 1 to the last decoder
+       block, at 1/2 resolution and below
+    C. the full-resolution decoder, streamed over slabs of rows: [`unet.decoder[-1].upsample`
+       (B's output), encoder level 0's block (pair) again] -> `unet.decoder[-1].concat` ->
+       `unet.full_resolution` -> `model.flow_head`
+    D. the field, whole (ndim channels): `model.flow_to_displacement` (int_steps == 0: the flow
+       itself; else velocity_resize, integrate, displacement_resize), the model's own layers.
 
 Streaming (C): each of the `K` 3^ndim convolutions after the concatenation (the final
 convolutions and the flow head) keeps the last 2 rows of its input and puts them in front of the
@@ -35,6 +37,7 @@ import math
 
 import tensorflow as tf
 
+from vxmtf.checks import check_int, check_positive
 from vxmtf.networks.vxm_dense import VxmDense
 
 #: Bytes of full-resolution working tensors per slab when no slab size is given.
@@ -82,7 +85,7 @@ def tiled_displacement(model, moving, fixed, slab=None, memory_budget=DEFAULT_ME
             `model.size_multiple`, or a model whose convolutions are not the 3^ndim "same"
             convolutions `VxmDense` builds.
     """
-    net = _Layers(model)
+    net = _Stages(model)
     moving = tf.convert_to_tensor(moving)
     fixed = tf.convert_to_tensor(fixed)
     _check_inputs(moving, fixed, net.ndim, model.size_multiple)
@@ -104,14 +107,16 @@ def tiled_displacement(model, moving, fixed, slab=None, memory_budget=DEFAULT_ME
         check_slab(slab, model)
     slab = tf.cast(slab, tf.int32)
 
-    pair = net.layer("pair")([moving, fixed])  # (batch, D, *rest, 2)
+    pair = model.concat([moving, fixed])  # (batch, D, *rest, 2)
     size = tf.shape(pair)[1]  # D
-    # One zero row before and after: the "same" padding of enc_conv_0 along the first axis.
+    # One zero row before and after: the "same" padding of encoder level 0's convolution
+    # along the first axis.
     padded = tf.pad(pair, [[0, 0], [1, 1]] + [[0, 0]] * net.ndim)  # (batch, D + 2, *rest, 2)
     pooled = _encode_level0(net, padded, size, slab)  # (batch, D / 2, *rest / 2, enc_0)
-    coarse = _coarse_levels(net, pooled)  # (batch, D / 2, *rest / 2, dec_{L-1})
+    coarse = net.unet.coarse_levels(pooled)  # (batch, D / 2, *rest / 2, dec_{L-1})
     flow = _decode_full_resolution(net, padded, coarse, size, slab)  # (batch, D, *rest, ndim)
-    return _integrate(model, flow)
+    # Stage D: the model's layers after the flow head.
+    return tf.cast(model.flow_to_displacement(flow), tf.float32)
 
 
 def min_slab(model):
@@ -123,13 +128,14 @@ def min_slab(model):
 def check_slab(slab, model):
     """Raises ValueError unless `slab` is an int >= `min_slab(model)`; returns it."""
     minimum = min_slab(model)
-    if isinstance(slab, bool) or not isinstance(slab, int) or slab < minimum:
-        raise ValueError(
-            f"`slab` must be an int of at least {minimum} rows of the first spatial axis for "
-            f"this model (min_slab: its {minimum - 1} full-resolution convolutions after the "
-            f"skip concatenation each lag a row). Received: slab={slab!r}"
-        )
-    return slab
+    return check_int(
+        "slab",
+        slab,
+        minimum,
+        hint=f"at least {minimum} rows of the first spatial axis: min_slab(model), its "
+        f"{minimum - 1} full-resolution convolutions after the skip concatenation each lagging "
+        "a row",
+    )
 
 
 def default_slab(shape, model, memory_budget=DEFAULT_MEMORY_BUDGET):
@@ -180,8 +186,8 @@ def slab_width(model):
     return max(widths)
 
 
-class _Layers:
-    """The layers of a `VxmDense` that tiled inference calls, by role, checked once."""
+class _Stages:
+    """The stages of a `VxmDense` that tiled inference calls, checked once."""
 
     def __init__(self, model):
         if not isinstance(model, VxmDense):
@@ -189,30 +195,21 @@ class _Layers:
                 "Expected a vxmtf.networks.VxmDense model. "
                 f"Received: model of type {type(model).__name__}"
             )
-        self.model = model
-        self.unet = model.get_layer("unet")
+        self.unet = model.unet
         self.ndim = len(model.inshape)
-        self.levels = len(model.enc_features)
-        finals = len(model.dec_features) - self.levels
-        # The decoder's full-resolution convolutions, in order, with their activations (None
-        # for the flow head).
-        self.chain = [
-            (self.unet.get_layer(f"final_conv_{i}"), self.unet_layer(f"final_conv_{i}_activation"))
-            for i in range(finals)
-        ]
-        self.chain.append((model.get_layer("flow"), None))
-        for conv in [self.unet_layer("enc_conv_0")] + [conv for conv, _ in self.chain]:
+        # Stage A: encoder level 0 (convolution, activation, pooling).
+        self.level0 = self.unet.encoder[0]
+        # Stage C: the last merge to full resolution, then the convolutions after it, in order,
+        # with their activations (None for the flow head).
+        self.merge = self.unet.decoder[-1]
+        self.chain = [(block.conv, block.activation) for block in self.unet.full_resolution]
+        self.chain.append((model.flow_head, None))
+        for conv in [self.level0.conv] + [conv for conv, _ in self.chain]:
             _check_conv(conv, self.ndim)
-
-    def layer(self, name):
-        return self.model.get_layer(name)
-
-    def unet_layer(self, name):
-        return self.unet.get_layer(name)
 
 
 def _encode_level0(net, padded, size, slab):
-    """Stage A: `enc_pool_0(LeakyReLU(enc_conv_0(pair)))` over chunks of row pairs.
+    """Stage A: `pool(activation(conv(pair)))` of encoder level 0 over chunks of row pairs.
 
     Args:
         padded: `(batch, D + 2, *rest, 2)`, the pair with a zero row before and after.
@@ -221,9 +218,7 @@ def _encode_level0(net, padded, size, slab):
     Returns:
         `(batch, D / 2, *rest / 2, enc_features[0])`.
     """
-    conv = net.unet_layer("enc_conv_0")
-    activation = net.unet_layer("enc_conv_0_activation")
-    pool = net.unet_layer("enc_pool_0")
+    conv, activation, pool = net.level0.conv, net.level0.activation, net.level0.pool
     half = size // 2
     chunk = (slab + 1) // 2  # pooled rows per chunk
     steps = (half + chunk - 1) // chunk
@@ -245,30 +240,6 @@ def _encode_level0(net, padded, size, slab):
     return _concat_rows(out, padded.shape.rank)
 
 
-def _coarse_levels(net, x):
-    """Stage B: the U-Net from encoder level 1 to `dec_conv_{L-1}`'s activation, whole, exactly
-    as `vxmtf.networks.Unet` wires it (skip connections concatenated after the upsampled
-    tensor).
-
-    Args:
-        x: `(batch, D / 2, *rest / 2, enc_features[0])`, the pooled output of level 0.
-
-    Returns:
-        `(batch, D / 2, *rest / 2, dec_features[L - 1])`.
-    """
-    skips = []
-    for level in range(1, net.levels):
-        x = net.unet_layer(f"enc_conv_{level}_activation")(net.unet_layer(f"enc_conv_{level}")(x))
-        skips.append(x)
-        x = net.unet_layer(f"enc_pool_{level}")(x)
-    for level in range(net.levels):
-        x = net.unet_layer(f"dec_conv_{level}_activation")(net.unet_layer(f"dec_conv_{level}")(x))
-        if level < net.levels - 1:
-            x = net.unet_layer(f"dec_upsample_{level}")(x)
-            x = net.unet_layer(f"dec_concat_{level}")([x, skips.pop()])
-    return x
-
-
 def _decode_full_resolution(net, padded, coarse, size, slab):
     """Stage C: the full-resolution decoder streamed over slabs (see the module docstring).
 
@@ -281,11 +252,8 @@ def _decode_full_resolution(net, padded, coarse, size, slab):
     Returns:
         `(batch, D, *rest, ndim)` float32, the flow head's output.
     """
-    last = net.levels - 1
-    conv0 = net.unet_layer("enc_conv_0")
-    activation0 = net.unet_layer("enc_conv_0_activation")
-    upsample = net.unet_layer(f"dec_upsample_{last}")
-    concat = net.unet_layer(f"dec_concat_{last}")
+    conv0, activation0 = net.level0.conv, net.level0.activation
+    upsample, concat = net.merge.upsample, net.merge.concat
     steps = (size + slab - 1) // slab
     # Rows carried in front of each convolution's input: (batch, 1 or 2, *rest, c_in). At first
     # one zero row, the "same" padding before row 0.
@@ -299,7 +267,7 @@ def _decode_full_resolution(net, padded, coarse, size, slab):
         first = t * slab
         rows = tf.minimum(slab, size - first)
         end = tf.cast(t == steps - 1, tf.int32)  # 1: append the zero row after row D - 1
-        # Skip rows [first, first + rows) of enc_conv_0 read input rows [first - 1, ... + 1).
+        # Skip rows [first, first + rows) of encoder level 0 read input rows [first - 1, ... + 1).
         skip = activation0(_conv_rows(padded[:, first : first + rows + 2], conv0))
         # Upsampled rows [first, first + rows) repeat coarse rows first // 2 ... (.. - 1) // 2.
         index = tf.range(first // 2, (first + rows - 1) // 2 + 1)
@@ -329,19 +297,6 @@ def _decode_full_resolution(net, padded, coarse, size, slab):
         parallel_iterations=1,
     )
     return _concat_rows(out, padded.shape.rank)
-
-
-def _integrate(model, flow):
-    """Stage D: the model's layers after the flow head, as `VxmDense` composes them."""
-    if model.int_steps == 0:
-        return flow
-    velocity = flow
-    if model.int_resolution > 1:
-        velocity = model.get_layer("velocity_resize")(flow)
-    displacement = model.get_layer("integrate")(velocity)
-    if model.int_resolution > 1:
-        displacement = model.get_layer("displacement_resize")(displacement)
-    return tf.cast(displacement, tf.float32)
 
 
 def _conv_rows(x, conv):
@@ -387,15 +342,7 @@ def _check_conv(conv, ndim):
 
 
 def _check_budget(memory_budget):
-    if (
-        isinstance(memory_budget, bool)
-        or not isinstance(memory_budget, (int, float))
-        or not memory_budget > 0
-    ):
-        raise ValueError(
-            f"`memory_budget` must be a positive number of bytes. "
-            f"Received: memory_budget={memory_budget!r}"
-        )
+    check_positive("memory_budget", memory_budget, unit="bytes")
 
 
 def _check_inputs(moving, fixed, ndim, multiple):

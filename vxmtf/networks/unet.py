@@ -1,7 +1,34 @@
 """`Unet`: the VoxelMorph convolutional encoder-decoder backbone."""
 
+import dataclasses
+
 import keras
 import tensorflow as tf
+
+from vxmtf.checks import check_bool, is_int
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvBlock:
+    """A 3^ndim "same" convolution and the LeakyReLU(0.2) after it: `activation(conv(x))`."""
+
+    conv: keras.layers.Layer
+    activation: keras.layers.Layer
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderLevel(ConvBlock):
+    """An encoder level: its block's output is the level's skip connection, then `pool` (2x)."""
+
+    pool: keras.layers.Layer
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderLevel(ConvBlock):
+    """A decoder level: its block, then `concat([upsample(x), skip])` (upsampled tensor first)."""
+
+    upsample: keras.layers.Layer
+    concat: keras.layers.Layer
 
 
 @keras.saving.register_keras_serializable(package="vxmtf")
@@ -13,6 +40,15 @@ class Unet(keras.Model):
     convolution + LeakyReLU, 2x nearest upsampling and concatenation with that level's skip;
     the remaining `dec_features` are convolutions at full resolution. With the defaults
     (16-32-32-32 / 32-32-32-32-32-16-16) this is the network of the VoxelMorph papers.
+
+    Stages (the layers, in the order the network applies them; `vxmtf.networks.tiled` runs
+    them separately to stream the full-resolution part):
+
+        encoder[0]          full resolution: block -> skip_0, pool
+        coarse_levels(x)    encoder[1:], then decoder[0] ... decoder[-1]'s block, each decoder
+                            level but the last merging its skip: 1/2 resolution and below
+        decoder[-1]         upsample, concat with skip_0: back to full resolution
+        full_resolution     the blocks of the remaining `dec_features`
 
     Recomputation (`recompute=True`, to train at lower peak memory): called with
     `training=True`, every block (convolution + LeakyReLU, preceded in the decoder by the
@@ -34,6 +70,15 @@ class Unet(keras.Model):
         dec_features: at least `len(enc_features)` decoder features.
         recompute: recompute the blocks' activations in the backward pass when training
             (see above).
+
+    Attributes:
+        encoder: one `EncoderLevel` per entry of `enc_features`, finest first (layers
+            `enc_conv_k`, `enc_conv_k_activation`, `enc_pool_k`).
+        decoder: one `DecoderLevel` per encoder level, deepest first (`dec_conv_k`, its
+            activation, `dec_upsample_k`, `dec_concat_k`); level `k` merges the skip of encoder
+            level `L - 1 - k`.
+        full_resolution: one `ConvBlock` per remaining entry of `dec_features`
+            (`final_conv_k` and its activation).
 
     Call arguments:
         x: `(batch, *inshape, in_channels)`; returns `(batch, *inshape, dec_features[-1])`.
@@ -79,8 +124,8 @@ class Unet(keras.Model):
             tiny = bool(known) and min(known) // 2**level < 3
             return "float32" if compute_dtype == "bfloat16" and tiny else None
 
-        def conv_block(features, name, level):
-            layers[name] = conv(
+        def block(features, name, level):
+            layer = conv(
                 features,
                 3,
                 padding="same",
@@ -88,26 +133,41 @@ class Unet(keras.Model):
                 dtype=conv_dtype(level),
                 name=name,
             )
-            layers[f"{name}_activation"] = keras.layers.LeakyReLU(0.2, name=f"{name}_activation")
+            return layer, keras.layers.LeakyReLU(0.2, name=f"{name}_activation")
 
-        # Layers, by name (`_unet_graph` wires them).
-        layers = {}
+        # Layers, by stage (`_unet_graph` wires them). Set as attributes after the functional
+        # initialisation below, so that the layers (and weights) keep the graph's order.
         levels = len(enc_features)
-        for level, features in enumerate(enc_features):
-            conv_block(features, f"enc_conv_{level}", level)
-            layers[f"enc_pool_{level}"] = pool(2, dtype=pool_dtype, name=f"enc_pool_{level}")
-        for level in range(levels):
-            # dec_conv_k works on the grid pooled `levels - k` times.
-            conv_block(dec_features[level], f"dec_conv_{level}", levels - level)
-            layers[f"dec_upsample_{level}"] = upsample(2, name=f"dec_upsample_{level}")
-            layers[f"dec_concat_{level}"] = keras.layers.Concatenate(name=f"dec_concat_{level}")
-        for index, features in enumerate(dec_features[levels:]):
-            conv_block(features, f"final_conv_{index}", 0)
+        encoder = tuple(
+            EncoderLevel(
+                *block(features, f"enc_conv_{level}", level),
+                pool=pool(2, dtype=pool_dtype, name=f"enc_pool_{level}"),
+            )
+            for level, features in enumerate(enc_features)
+        )
+        # dec_conv_k works on the grid pooled `levels - k` times.
+        decoder = tuple(
+            DecoderLevel(
+                *block(dec_features[level], f"dec_conv_{level}", levels - level),
+                upsample=upsample(2, name=f"dec_upsample_{level}"),
+                concat=keras.layers.Concatenate(name=f"dec_concat_{level}"),
+            )
+            for level in range(levels)
+        )
+        full_resolution = tuple(
+            ConvBlock(*block(features, f"final_conv_{index}", 0))
+            for index, features in enumerate(dec_features[levels:])
+        )
 
         # Functional graph.
         inputs = keras.Input(shape=(*inshape, in_channels), name="unet_input")
-        outputs = _unet_graph(layers, inputs, levels, len(dec_features) - levels)
+        outputs = _unet_graph(encoder, decoder, full_resolution, inputs)
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+
+        # Stages (the layers above, already tracked by the functional graph).
+        self.encoder = encoder
+        self.decoder = decoder
+        self.full_resolution = full_resolution
 
         # Config.
         self.inshape = inshape
@@ -121,10 +181,19 @@ class Unet(keras.Model):
             return super().call(inputs, training=training, mask=mask)
         if isinstance(inputs, (list, tuple)):
             (inputs,) = inputs
-        layers = {layer.name: layer for layer in self.layers}
-        levels = len(self.enc_features)
-        finals = len(self.dec_features) - levels
-        return _unet_graph(layers, inputs, levels, finals, recompute=True)
+        return _unet_graph(self.encoder, self.decoder, self.full_resolution, inputs, recompute=True)
+
+    def coarse_levels(self, x):
+        """The U-Net below full resolution: `encoder[1:]`, then the decoder up to the block of
+        `decoder[-1]`, with the skip connections of encoder levels `1 ... L - 1`.
+
+        Args:
+            x: `(batch, *inshape / 2, enc_features[0])`, the pooled output of `encoder[0]`.
+
+        Returns:
+            `(batch, *inshape / 2, dec_features[L - 1])`, the input of `decoder[-1].upsample`.
+        """
+        return _coarse_graph(self.encoder, self.decoder, x)
 
     def get_config(self):
         return {
@@ -142,8 +211,8 @@ class Unet(keras.Model):
         return cls(**config)
 
 
-def _unet_graph(layers, x, levels, finals, recompute=False):
-    """The U-Net's wiring of `layers` (by name) applied to `x`.
+def _unet_graph(encoder, decoder, full_resolution, x, recompute=False):
+    """The U-Net's wiring of its stages applied to `x`.
 
     The network is a chain of blocks: a convolution + LeakyReLU, preceded in the decoder by the
     2x upsampling of the coarser tensor and its concatenation with the skip connection. The
@@ -153,35 +222,48 @@ def _unet_graph(layers, x, levels, finals, recompute=False):
     upsampled tensor and the concatenation: the same function with the same weights.
     """
     apply = _recomputed if recompute else _direct
-
-    def conv_act(name):
-        conv, activation = layers[name], layers[f"{name}_activation"]
-        return lambda t: activation(conv(t))
-
-    def decoder_block(level, name):
-        upsample, concat = layers[f"dec_upsample_{level}"], layers[f"dec_concat_{level}"]
-        if name is None:  # no convolution after the last level
-            return lambda coarse, skip: concat([upsample(coarse), skip])
-        conv, activation = layers[name], layers[f"{name}_activation"]
-        if recompute:
-            return lambda coarse, skip: activation(upsample_concat_conv(coarse, skip, conv))
-        return lambda coarse, skip: activation(conv(concat([upsample(coarse), skip])))
-
-    skips = []
-    for level in range(levels):
-        x = apply(conv_act(f"enc_conv_{level}"), x)
-        skips.append(x)
-        x = layers[f"enc_pool_{level}"](x)
-    x = apply(conv_act("dec_conv_0"), x)
-    # Each decoder block ends with the next convolution: dec_conv_{level + 1}, or final_conv_0
-    # after the last level (none when there are no final convolutions).
-    for level in range(levels):
-        following = f"dec_conv_{level + 1}" if level + 1 < levels else "final_conv_0"
-        following = following if level + 1 < levels or finals else None
-        x = apply(decoder_block(level, following), x, skips.pop())
-    for index in range(1, finals):
-        x = apply(conv_act(f"final_conv_{index}"), x)
+    skip = apply(_block(encoder[0]), x)  # (batch, *spatial, enc_features[0])
+    x = _coarse_graph(encoder, decoder, encoder[0].pool(skip), recompute)
+    # Back to full resolution: the last merge, with the first full-resolution block (none when
+    # there are no full-resolution convolutions), then the other blocks.
+    following = full_resolution[0] if full_resolution else None
+    x = apply(_merge_block(decoder[-1], following, recompute), x, skip)
+    for block in full_resolution[1:]:
+        x = apply(_block(block), x)
     return x
+
+
+def _coarse_graph(encoder, decoder, x, recompute=False):
+    """`Unet.coarse_levels`: encoder levels 1 ... L - 1, then decoder levels 0 ... L - 1, each
+    merge but the last one followed by (and, with `recompute`, fused with) the next block."""
+    apply = _recomputed if recompute else _direct
+    skips = []
+    for level in encoder[1:]:
+        x = apply(_block(level), x)
+        skips.append(x)
+        x = level.pool(x)
+    x = apply(_block(decoder[0]), x)
+    for merge, following in zip(decoder[:-1], decoder[1:], strict=True):
+        x = apply(_merge_block(merge, following, recompute), x, skips.pop())
+    return x
+
+
+def _block(block):
+    """`x -> activation(conv(x))` for a `ConvBlock`."""
+    return lambda x: block.activation(block.conv(x))
+
+
+def _merge_block(merge, following, recompute):
+    """`(coarse, skip) -> following(concat([upsample(coarse), skip]))` for a `DecoderLevel`
+    `merge` and the `ConvBlock` after it (None: the merge alone); with `recompute`, computed by
+    `upsample_concat_conv`."""
+    upsample, concat = merge.upsample, merge.concat
+    if following is None:
+        return lambda coarse, skip: concat([upsample(coarse), skip])
+    conv, activation = following.conv, following.activation
+    if recompute:
+        return lambda coarse, skip: activation(upsample_concat_conv(coarse, skip, conv))
+    return lambda coarse, skip: activation(conv(concat([upsample(coarse), skip])))
 
 
 def _direct(fn, *tensors):
@@ -275,11 +357,7 @@ def upsample_conv(x, kernel):
 
 def check_recompute(recompute):
     """Raises `TypeError` unless `recompute` is a bool."""
-    if not isinstance(recompute, bool):
-        raise TypeError(
-            "`recompute` must be True or False (recompute activations in the backward pass). "
-            f"Received: recompute={recompute!r}"
-        )
+    check_bool("recompute", recompute, hint="recompute activations in the backward pass")
 
 
 def check_inshape(inshape, levels):
@@ -313,10 +391,8 @@ def check_inshape(inshape, levels):
 
 def _feature_list(features, name):
     features = list(features)
-    if not features or any(
-        isinstance(f, bool) or not isinstance(f, int) or f <= 0 for f in features
-    ):
+    if not features or any(not is_int(f) or f <= 0 for f in features):
         raise ValueError(
             f"`{name}` must be a non-empty list of positive ints. Received: {name}={features}"
         )
-    return features
+    return [int(f) for f in features]

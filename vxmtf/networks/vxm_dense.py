@@ -1,13 +1,35 @@
 """`VxmDense`: the VoxelMorph registration network."""
 
+import dataclasses
 import math
 
 import keras
 
+from vxmtf.checks import check_bool, check_int
 from vxmtf.layers.rescale_transform import RescaleTransform
 from vxmtf.layers.spatial_transformer import SpatialTransformer
 from vxmtf.layers.vec_int import VecInt
 from vxmtf.networks.unet import Unet, check_inshape, check_recompute
+
+
+@dataclasses.dataclass(frozen=True)
+class _FieldLayers:
+    """The layers from a flow head's output to a displacement; None stands for the identity."""
+
+    velocity_resize: keras.layers.Layer | None
+    integrate: keras.layers.Layer | None
+    displacement_resize: keras.layers.Layer | None
+
+    def velocity(self, flow):
+        return flow if self.velocity_resize is None else self.velocity_resize(flow)
+
+    def displacement(self, velocity):
+        if self.integrate is None:
+            return velocity
+        displacement = self.integrate(velocity)
+        if self.displacement_resize is not None:
+            displacement = self.displacement_resize(displacement)
+        return displacement
 
 
 @keras.saving.register_keras_serializable(package="vxmtf")
@@ -48,6 +70,14 @@ class VxmDense(keras.Model):
             it loads into one without), gradients equal up to float rounding, and inference is
             unchanged.
 
+    Attributes (the stages of the composition above, as the functional graph wires them):
+        concat: the `Concatenate` layer `pair`: `(moving, fixed)` -> the U-Net's 2 channels.
+        unet: the `Unet` (its own stages: `Unet.encoder`, `Unet.coarse_levels`, ...).
+        flow_head: the convolution `flow`.
+        transformer: the `SpatialTransformer` that warps `moving`.
+        The layers from the flow to the displacement are applied by `flow_to_velocity`,
+        `velocity_to_displacement` and `flow_to_displacement`.
+
     Call arguments:
         inputs: `[moving, fixed]` or `{"moving": ..., "fixed": ...}`, each
             `(batch, *inshape, 1)`.
@@ -66,31 +96,22 @@ class VxmDense(keras.Model):
     ):
         # Inputs checked.
         inshape = check_inshape(inshape, levels=len(list(enc_features)))
-        if isinstance(int_steps, bool) or not isinstance(int_steps, int) or int_steps < 0:
-            raise ValueError(
-                f"`int_steps` must be an integer >= 0. Received: int_steps={int_steps!r}"
-            )
-        if (
-            isinstance(int_resolution, bool)
-            or not isinstance(int_resolution, int)
-            or int_resolution < 1
-        ):
-            raise ValueError(
-                "`int_resolution` must be an integer >= 1. "
-                f"Received: int_resolution={int_resolution!r}"
-            )
+        int_steps = check_int("int_steps", int_steps, minimum=0)
+        int_resolution = check_int("int_resolution", int_resolution, minimum=1)
         for size in inshape:
             if int_steps and size is not None and size % int_resolution:
                 raise ValueError(
                     f"Every size in `inshape` must be divisible by `int_resolution` "
                     f"({int_resolution}). Received: inshape={inshape}"
                 )
+        check_bool("bidir", bidir)
         check_recompute(recompute)
         ndim = len(inshape)
         integrate = int_steps > 0
         coarse = integrate and int_resolution > 1
 
         # Layers.
+        concat = keras.layers.Concatenate(name="pair")
         unet = Unet(inshape, 2, enc_features, dec_features, recompute=recompute, name="unet")
         conv = keras.layers.Conv3D if ndim == 3 else keras.layers.Conv2D
         # The head and everything after it run in float32 under mixed precision: fields are
@@ -104,38 +125,53 @@ class VxmDense(keras.Model):
             dtype="float32",
             name="flow",
         )
+        # From the flow head's output to the displacement (`flow_to_displacement`). A plain
+        # record of layers, set before the functional initialisation so that the graph below
+        # is built by the methods themselves; the layers are tracked, in the graph's order, by
+        # that initialisation.
+        self._field = _FieldLayers(
+            velocity_resize=(
+                RescaleTransform(1 / int_resolution, name="velocity_resize") if coarse else None
+            ),
+            integrate=VecInt(int_steps, name="integrate") if integrate else None,
+            displacement_resize=(
+                RescaleTransform(int_resolution, name="displacement_resize") if coarse else None
+            ),
+        )
         transformer = SpatialTransformer(name="transformer")
 
         # Functional graph.
         moving = keras.Input(shape=(*inshape, 1), name="moving")
         fixed = keras.Input(shape=(*inshape, 1), name="fixed")
-        pair = keras.layers.Concatenate(name="pair")([moving, fixed])
-        flow = flow_head(unet(pair))
-        outputs = {}
-        if integrate:
-            velocity = (
-                RescaleTransform(1 / int_resolution, name="velocity_resize")(flow)
-                if coarse
-                else flow
-            )
-            displacement = self._integrate(velocity, int_steps, int_resolution, "")
-            outputs["preint_flow"] = velocity
-        else:
-            displacement = flow
-            outputs["preint_flow"] = flow
+        flow = flow_head(unet(concat([moving, fixed])))
+        velocity = self.flow_to_velocity(flow)
+        displacement = self.velocity_to_displacement(velocity)
+        outputs = {"preint_flow": velocity}
         outputs["moved"] = transformer(moving, displacement)
         outputs["displacement"] = displacement
         if bidir:
-            if integrate:
-                negative = keras.layers.Rescaling(-1.0, dtype="float32", name="negate")(velocity)
-                inverse = self._integrate(negative, int_steps, int_resolution, "inverse_")
-            else:
-                inverse = keras.layers.Rescaling(-1.0, dtype="float32", name="negate")(flow)
+            negative = keras.layers.Rescaling(-1.0, dtype="float32", name="negate")(velocity)
+            # int_steps == 0: -flow, a first-order inverse; else the integration of -v.
+            inverse = _FieldLayers(
+                velocity_resize=None,
+                integrate=VecInt(int_steps, name="inverse_integrate") if integrate else None,
+                displacement_resize=(
+                    RescaleTransform(int_resolution, name="inverse_displacement_resize")
+                    if coarse
+                    else None
+                ),
+            ).displacement(negative)
             outputs["inverse_moved"] = SpatialTransformer(name="inverse_transformer")(
                 fixed, inverse
             )
             outputs["inverse_displacement"] = inverse
         super().__init__(inputs=[moving, fixed], outputs=outputs, **kwargs)
+
+        # Stages (layers of the graph above).
+        self.concat = concat
+        self.unet = unet
+        self.flow_head = flow_head
+        self.transformer = transformer
 
         # Config.
         self.inshape = inshape
@@ -152,14 +188,36 @@ class VxmDense(keras.Model):
         `size_multiple`)."""
         return size_multiple(self.enc_features, self.int_steps, self.int_resolution)
 
-    @staticmethod
-    def _integrate(velocity, steps, resolution, prefix):
-        displacement = VecInt(steps, name=f"{prefix}integrate")(velocity)
-        if resolution > 1:
-            displacement = RescaleTransform(resolution, name=f"{prefix}displacement_resize")(
-                displacement
-            )
-        return displacement
+    def flow_to_velocity(self, flow):
+        """The velocity (`preint_flow`) from the flow head's output: the layer
+        `velocity_resize` (1 / int_resolution) when integrating at a coarser resolution, else
+        `flow` itself.
+
+        Args:
+            flow: `(batch, *spatial, ndim)`, the output of `flow_head`.
+
+        Returns:
+            `(batch, *spatial / int_resolution, ndim)` float32 when resized, else `flow`.
+        """
+        return self._field.velocity(flow)
+
+    def velocity_to_displacement(self, velocity):
+        """The displacement from the velocity: the layers `integrate` (`VecInt`) and
+        `displacement_resize` (when `int_resolution > 1`); `velocity` itself when
+        `int_steps == 0`.
+
+        Args:
+            velocity: `(batch, *spatial / int_resolution, ndim)`, see `flow_to_velocity`.
+
+        Returns:
+            `(batch, *spatial, ndim)`, float32 when integrated, in voxels.
+        """
+        return self._field.displacement(velocity)
+
+    def flow_to_displacement(self, flow):
+        """`velocity_to_displacement(flow_to_velocity(flow))`: the layers after the flow head
+        that give the `displacement` output, as the functional graph applies them."""
+        return self.velocity_to_displacement(self.flow_to_velocity(flow))
 
     def get_config(self):
         return {

@@ -6,7 +6,7 @@ These know nothing of Keras or files; `vxmtf.layers` and `vxmtf.losses` are thin
 from vxmtf.ops.filters import box_sum
 from vxmtf.ops.grid import identity_grid
 from vxmtf.ops.integrate import integrate_velocity
-from vxmtf.ops.resample import INTERPOLATIONS, resample, warp
+from vxmtf.ops.resample import INTERPOLATIONS, resample, warp, warp_rows
 from vxmtf.ops.rescale import rescale_field
 
 __all__ = [
@@ -17,4 +17,5 @@ __all__ = [
     "rescale_field",
     "resample",
     "warp",
+    "warp_rows",
 ]

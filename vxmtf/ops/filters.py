@@ -25,9 +25,10 @@ the backward pass as cheap as the forward one for both methods.
 """
 
 import logging
-import numbers
 
 import tensorflow as tf
+
+from vxmtf.checks import is_int
 
 __all__ = ["box_sum", "normalize_window"]
 
@@ -102,7 +103,7 @@ def normalize_window(window, ndim):
     else:
         windows = (window,) * (ndim or 1)
     for w in windows:
-        if isinstance(w, bool) or not isinstance(w, numbers.Integral) or w < 1 or w % 2 == 0:
+        if not is_int(w) or w < 1 or w % 2 == 0:
             raise ValueError(
                 "`window` must be a positive odd int (or a tuple of them), so that the window "
                 f"is centred on its voxel. Received: window={window!r}"

@@ -15,6 +15,11 @@ import tensorflow as tf
 from vxmtf.ops.grid import identity_grid
 
 INTERPOLATIONS = ("linear", "nearest")
+#: Bytes of temporaries per output voxel of a 3D N-linear warp (`resample` holds the
+#: coordinates, and indices and weights of each axis and corner, as separate tensors).
+WARP_BYTES_PER_VOXEL = 128
+#: Temporaries of one chunk of a warp by rows (`warp(..., rows=warp_rows(shape))`).
+WARP_CHUNK_BYTES = 128 * 2**20
 
 
 def _check_interpolation(interpolation):
@@ -124,24 +129,65 @@ def resample(image, coords, interpolation="linear", fill_value=None):
     return tf.cast(total, image.dtype)
 
 
-def warp(image, displacement, interpolation="linear", fill_value=None):
+def warp(image, displacement, interpolation="linear", fill_value=None, rows=None):
     """Warp `image` by a displacement field: `out[b, x] = image[b, x + displacement[b, x]]`.
 
     Args:
         image: `(batch, *spatial, channels)`.
         displacement: `(batch, *spatial, ndim)` in voxels, component k along spatial axis k.
         interpolation, fill_value: as in `resample`.
+        rows: None computes every output voxel at once. An int >= 1 computes `rows` output rows
+            (along the first spatial axis) at a time, each reading the whole image, in a
+            `tf.while_loop`: the same values, with the interpolation's temporaries (about
+            `WARP_BYTES_PER_VOXEL` per output voxel in 3D) held for one chunk only (`warp_rows`
+            chooses `rows` for a memory budget).
 
     Returns:
         `(batch, *spatial, channels)`, of the image's dtype.
     """
+    if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
+        raise ValueError(f"`rows` must be None or an int >= 1. Received: rows={rows!r}")
     displacement = tf.convert_to_tensor(displacement)
     displacement = tf.cast(displacement, coordinate_dtype(displacement.dtype))
     ndim = displacement.shape[-1]
-    grid = identity_grid(
-        tf.shape(displacement)[1 : ndim + 1], displacement.dtype
-    )  # (*spatial, ndim)
-    return resample(image, grid + displacement, interpolation, fill_value)
+    if rows is None:
+        grid = identity_grid(tf.shape(displacement)[1 : ndim + 1], displacement.dtype)
+        return resample(image, grid + displacement, interpolation, fill_value)
+    return _warp_by_rows(tf.convert_to_tensor(image), displacement, interpolation, fill_value, rows)
+
+
+def _warp_by_rows(image, displacement, interpolation, fill_value, rows):
+    ndim = displacement.shape[-1]
+    size = tf.shape(displacement)[1]
+    steps = (size + rows - 1) // rows
+    # Moves a chunk's grid to its rows: + first along axis 0. Integers, so that the sum equals
+    # the whole warp's `grid + displacement` exactly.
+    axis0 = tf.one_hot(0, ndim, dtype=displacement.dtype)  # (ndim,)
+    order = [1, 0, *range(2, ndim + 2)]  # (batch, rows, ...) <-> (rows, batch, ...)
+
+    def body(t, out):
+        first = t * rows
+        part = displacement[:, first : first + rows]  # (batch, rows_t, *rest, ndim)
+        grid = identity_grid(tf.shape(part)[1 : ndim + 1], displacement.dtype)
+        grid += tf.cast(first, displacement.dtype) * axis0
+        values = resample(image, grid + part, interpolation, fill_value)
+        return t + 1, out.write(t, tf.transpose(values, order))  # (rows_t, batch, *rest, c)
+
+    out = tf.TensorArray(image.dtype, size=steps, infer_shape=False)
+    _, out = tf.while_loop(
+        lambda t, _: t < steps, body, (tf.constant(0), out), parallel_iterations=1
+    )
+    return tf.transpose(out.concat(), order)  # (batch, *spatial, channels)
+
+
+def warp_rows(shape, budget=WARP_CHUNK_BYTES):
+    """Rows (first spatial axis) per chunk of `warp(..., rows=...)` for a volume of spatial
+    `shape`: about `budget` bytes of temporaries per chunk (`WARP_BYTES_PER_VOXEL` per output
+    voxel), at least 1."""
+    row_voxels = 1
+    for size in tuple(shape)[1:]:
+        row_voxels *= int(size)
+    return max(1, int(budget) // (WARP_BYTES_PER_VOXEL * row_voxels))
 
 
 def coordinate_dtype(dtype):

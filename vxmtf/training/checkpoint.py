@@ -1,52 +1,37 @@
 """Atomic checkpoints: saved models and the resumable training state.
 
-Every file is written to a temporary name in its destination folder and moved into place with
-`os.replace`, which is atomic on POSIX file systems: a run killed at any moment leaves either the
-previous good file or the new one, never a truncated one.
+Every file is written through `vxmtf.atomic.atomic_path`: a run killed at any moment leaves either
+the previous good file or the new one, never a truncated one.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import keras
 
+from vxmtf.atomic import atomic_path, atomic_write_text
+
 logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ModelSaver",
+    "StateCallback",
+    "TrainingState",
+    "atomic_save_model",
+    "atomic_write_text",
+]
 
 _STATE = re.compile(r"^epoch-(\d+)-step-(\d+)\.weights\.h5$")
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def atomic_save_model(model: keras.Model, path: Path) -> None:
-    """`model.save(path)` through a temporary file in the same folder (a `.keras` zip)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.stem}.tmp-{os.getpid()}.keras"
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """`model.save(path)` through a temporary `.keras` file in the same folder."""
+    with atomic_path(path, suffix=".keras") as temporary:
+        model.save(temporary)
 
 
 class TrainingState:
@@ -77,12 +62,8 @@ class TrainingState:
     def save(self, model: keras.Model, epoch: int, step: int) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"epoch-{epoch:06d}-step-{step:07d}.weights.h5"
-        tmp = self.folder / f".tmp-{os.getpid()}.weights.h5"
-        try:
-            model.save_weights(tmp)  # model and optimizer variables
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_path(path, suffix=".weights.h5") as temporary:
+            model.save_weights(temporary)  # model and optimizer variables
         for _, _, old in self.checkpoints()[: -self.keep]:
             old.unlink(missing_ok=True)
         atomic_write_text(self.folder / "latest.json", json.dumps({"epoch": epoch, "step": step}))

@@ -7,8 +7,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vxmtf.atomic import atomic_write_text
+from vxmtf.data.pipeline import MODES
+from vxmtf.data.preprocess import PreprocessConfig
+
 IMAGE_LOSSES = ("ncc", "mse")
-MODES = ("atlas", "pairs")
 # Regularisation weights of the VoxelMorph papers (Balakrishnan et al., TMI 2019, Sec. IV-D):
 # lambda = 1 with NCC, 0.01 with MSE (intensities in [0, 1]).
 DEFAULT_LAMBDA = {"ncc": 1.0, "mse": 0.01}
@@ -43,6 +46,13 @@ class DataConfig:
             )
         if self.downsample < 1:
             raise ValueError(f"`downsample` must be >= 1. Received: downsample={self.downsample}")
+
+    def preprocess(self, multiple: int = 1) -> PreprocessConfig:
+        """How each volume of the run is prepared, padded to `multiple` (the network's
+        `size_multiple`; 1 for a SavedModel, which pads inside its graph)."""
+        return PreprocessConfig(
+            normalize=self.normalize, downsample=self.downsample, multiple=multiple
+        )
 
 
 @dataclass
@@ -150,11 +160,29 @@ class RunConfig:
             train=TrainConfig(**values.get("train", {})),
         )
 
-    def save(self, path) -> None:
-        from vxmtf.training.checkpoint import atomic_write_text
+    def preprocess(self) -> PreprocessConfig:
+        """How the run prepares each volume for its network (`DataConfig.preprocess` at the
+        model's size multiple)."""
+        return self.data.preprocess(self.model.size_multiple)
 
+    def save(self, path) -> None:
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path) -> RunConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Reads a `config.json`, naming the file in any error.
+
+        Raises:
+            FileNotFoundError: the file does not exist.
+            ValueError: the file is not a run configuration (not JSON, unknown or bad fields).
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"Run configuration not found: {path}")
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as error:
+            raise ValueError(
+                f"Could not read the run configuration {path}: expected the config.json a "
+                f"training run writes. Received: error={type(error).__name__}: {error}"
+            ) from error

@@ -5,13 +5,28 @@ from __future__ import annotations
 import tensorflow as tf
 
 from vxmtf.data import (
-    PreprocessConfig,
     SyntheticPairs,
     load_dataset,
     make_pair_dataset,
     make_validation_dataset,
     pipeline_shape,
 )
+
+
+def synthetic_source(config, shape=None, num_val=None) -> SyntheticPairs:
+    """The synthetic data of a run (`config.data.data is None`): `SyntheticPairs` of
+    `config.data.synthetic_shape` (or `shape`) with its label count, seeded with the run's seed,
+    holding back `num_val` validation pairs (default: the run's `val_pairs`). Training draws its
+    pairs from it, evaluation its held-back validation pairs (`split="val"`), so both see the
+    same data.
+    """
+    data = config.data
+    return SyntheticPairs(
+        tuple(shape or data.synthetic_shape),
+        num_labels=data.synthetic_labels,
+        seed=config.train.seed,
+        num_val=data.val_pairs if num_val is None else num_val,
+    )
 
 
 class TrainingData:
@@ -26,19 +41,15 @@ class TrainingData:
         self.config = config
         dcfg, mcfg, tcfg = config.data, config.model, config.train
         multiple = mcfg.size_multiple
-        self.preprocess = PreprocessConfig(
-            normalize=dcfg.normalize, downsample=dcfg.downsample, multiple=multiple
-        )
+        self.preprocess = config.preprocess()
         if dcfg.data is None:
             shape = tuple(dcfg.synthetic_shape)
             if any(s % multiple for s in shape):
                 raise ValueError(
-                    f"--synthetic-shape sizes must be multiples of {multiple} (2 ** encoder "
-                    f"levels). Received: synthetic_shape={shape}"
+                    f"The synthetic shape's sizes must be multiples of the network's size "
+                    f"multiple, {multiple}. Received: synthetic_shape={shape}"
                 )
-            self.source = SyntheticPairs(
-                shape, num_labels=dcfg.synthetic_labels, seed=tcfg.seed, num_val=dcfg.val_pairs
-            )
+            self.source = synthetic_source(config)
             self.num_classes = dcfg.synthetic_labels + 1
         else:
             self.source = load_dataset(dcfg.data, labels=dcfg.labels, atlas=dcfg.atlas)
@@ -47,8 +58,8 @@ class TrainingData:
         self.shape = tuple(pipeline_shape(self.source, self.preprocess))
         if tcfg.seg_weight > 0 and self.num_classes < 2:
             raise ValueError(
-                "--seg-weight needs label maps with known label values (a dataset JSON with "
-                "`labels`, or label files). Received: a dataset without labels"
+                "A segmentation weight needs label maps with known label values (a dataset JSON "
+                "with `labels`, or label files). Received: a dataset without labels"
             )
 
     @property

@@ -14,9 +14,11 @@ import tensorflow as tf
 from vxmtf.layers.spatial_transformer import SpatialTransformer
 from vxmtf.losses import MSE, NCC, Dice, Grad
 from vxmtf.networks import VxmDense
+from vxmtf.networks.loading import load_vxm_dense
 from vxmtf.training.checkpoint import ModelSaver, StateCallback, TrainingState
 from vxmtf.training.config import RunConfig
 from vxmtf.training.data import TrainingData
+from vxmtf.training.run_folder import RunFolder
 from vxmtf.training.strategy import is_chief, make_strategy
 
 logger = logging.getLogger(__name__)
@@ -37,12 +39,9 @@ class TrainResult:
 def train(config: RunConfig, strategy: tf.distribute.Strategy | None = None) -> TrainResult:
     """Train VoxelMorph as `config` says; save, log and export into `config.train.model_dir`.
 
-    Layout of the model folder:
-        config.json         the resolved configuration (rebuilds the run)
-        last.keras, best.keras   the registration model (`VxmDense`) after the last / best epoch
-        history.csv, logs/  per-epoch losses (CSV) and TensorBoard logs
-        state/              weights + optimizer for `resume` (atomic, newest two kept)
-        export/vxm/<N>/     SavedModel for TF Serving (see `vxmtf.export`)
+    The model folder is laid out as `vxmtf.training.run_folder.RunFolder` describes
+    (`config.json`, `last.keras`, `best.keras`, `history.csv`, `logs/`, `state/`,
+    `export/vxm/<N>/`).
 
     Raises:
         FileExistsError: the folder holds an earlier run and `config.train.resume` is false.
@@ -50,30 +49,24 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy | None = None) -> 
     """
     start = time.perf_counter()
     cfg = config.train
-    model_dir = Path(cfg.model_dir)
-    state = TrainingState(model_dir / "state")
-    _check_model_dir(model_dir, config, state)
+    run = RunFolder(cfg.model_dir)
+    model_dir = run.path
+    state = TrainingState(run.state)
+    _check_model_dir(run, config, state)
     data = TrainingData(config)  # validates every file before anything is built
     strategy = strategy or make_strategy()
     chief = is_chief(strategy)
     if chief:
         model_dir.mkdir(parents=True, exist_ok=True)
-        config.save(model_dir / "config.json")
+        run.save_config(config)
 
     with _precision(cfg.mixed_precision), strategy.scope():
         keras.utils.set_random_seed(cfg.seed)
-        model = VxmDense(
-            data.shape, **config.model.kwargs(), recompute=cfg.recompute, name="vxm_dense"
-        )
+        built = build_training_model(config, data.shape, data.num_classes)
+        model, trainer_model = built.model, built.trainer
         if cfg.init_weights and not (cfg.resume and state.latest() is not None):
             load_initial_weights(model, cfg.init_weights)
-        trainer_model, losses, weights = _training_model(model, config, data.num_classes)
-        trainer_model.compile(
-            optimizer=keras.optimizers.Adam(cfg.lr),
-            loss=losses,
-            loss_weights=weights,
-            jit_compile=cfg.xla,
-        )
+        built.compile()
         initial_epoch, _ = state.restore(trainer_model) if cfg.resume else (0, 0)
 
     replicas = strategy.num_replicas_in_sync
@@ -86,8 +79,8 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy | None = None) -> 
     ]
     if chief:
         callbacks += [
-            keras.callbacks.CSVLogger(str(model_dir / "history.csv"), append=initial_epoch > 0),
-            keras.callbacks.TensorBoard(str(model_dir / "logs"), write_graph=False),
+            keras.callbacks.CSVLogger(str(run.history), append=initial_epoch > 0),
+            keras.callbacks.TensorBoard(str(run.logs), write_graph=False),
         ]
     history = {}
     if initial_epoch < cfg.epochs:
@@ -109,7 +102,7 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy | None = None) -> 
     if cfg.export and chief:
         from vxmtf.export import export_saved_model
 
-        export_path = export_saved_model(model, model_dir / "export", model_name="vxm")
+        export_path = export_saved_model(model, run.export, model_name="vxm")
     return TrainResult(
         model, history, model_dir, export_path, initial_epoch, time.perf_counter() - start
     )
@@ -125,28 +118,16 @@ def load_initial_weights(model: VxmDense, path) -> None:
 
     Raises:
         FileNotFoundError: `path` does not exist.
-        ValueError: `path` is not a `.keras` VxmDense, or its weights do not fit `model`.
+        ValueError: `path` is not a `.keras` model, or its weights do not fit `model`.
+        NotVxmDenseError: it holds another model.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--init-weights: no such model file: {path}")
-    try:
-        source = keras.models.load_model(path, compile=False)
-    except Exception as error:  # Keras raises many types for a bad archive.
-        raise ValueError(
-            f"--init-weights: could not load {path}: expected a .keras model saved by vxmtf. "
-            f"Received: error={type(error).__name__}: {error}"
-        ) from error
-    if not isinstance(source, VxmDense):
-        raise ValueError(
-            f"--init-weights: expected a vxmtf VxmDense in {path}. "
-            f"Received: a {type(source).__name__}"
-        )
+    source = load_vxm_dense(path)
     expected = [tuple(w.shape) for w in model.weights]
     received = [tuple(w.shape) for w in source.weights]
     if expected != received:
         raise ValueError(
-            f"--init-weights: the weights of {path} do not fit this model. Expected shapes "
+            f"The initial weights in {path} do not fit this model. Expected shapes "
             f"{expected}. Received: {received} (enc {source.enc_features}, dec "
             f"{source.dec_features}, ndim {len(source.inshape)})"
         )
@@ -154,15 +135,47 @@ def load_initial_weights(model: VxmDense, path) -> None:
     logger.info("Initial weights from %s", path)
 
 
-def _training_model(model: VxmDense, config: RunConfig, num_classes: int):
-    """Wrap the registration model with its training outputs, losses and loss weights.
+@dataclass
+class TrainingModel:
+    """What `build_training_model` builds.
+
+    Attributes:
+        model: the registration model, a `VxmDense` (what is saved and exported).
+        trainer: the Keras model `fit` trains: `model` with its training outputs (and, with a
+            segmentation weight, a `moving_seg` input).
+        losses, loss_weights: per output of `trainer`.
+        config: the `RunConfig` it was built from.
+    """
+
+    model: VxmDense
+    trainer: keras.Model
+    losses: dict
+    loss_weights: dict
+    config: RunConfig
+
+    def compile(self) -> keras.Model:
+        """Compiles `trainer` with Adam at the run's learning rate (and XLA if set)."""
+        self.trainer.compile(
+            optimizer=keras.optimizers.Adam(self.config.train.lr),
+            loss=self.losses,
+            loss_weights=self.loss_weights,
+            jit_compile=self.config.train.xla,
+        )
+        return self.trainer
+
+
+def build_training_model(config: RunConfig, shape, num_classes: int = 0) -> TrainingModel:
+    """The run's `VxmDense` at spatial `shape`, wrapped with its training outputs and losses.
 
     Image term on `moved` (and `inverse_moved`, each at 1/2, when bidirectional), smoothness
     `lambda * Grad("l2")` on `preint_flow` (multiplied by int_resolution when it is coarser,
     as in the VoxelMorph code), and with a segmentation weight a soft Dice between the fixed
-    labels and the moving labels (one-hot) warped by the same field (TMI 2019, Sec. III-C).
+    labels and the moving labels (`num_classes` one-hot channels) warped by the same field
+    (TMI 2019, Sec. III-C). Build it under the distribution strategy's scope; not compiled
+    (`TrainingModel.compile`).
     """
     cfg, mcfg = config.train, config.model
+    model = VxmDense(tuple(shape), **mcfg.kwargs(), recompute=cfg.recompute, name="vxm_dense")
     image_loss = NCC(cfg.ncc_window) if cfg.image_loss == "ncc" else MSE()
     coarse = mcfg.int_steps > 0 and mcfg.int_resolution > 1
     grad = Grad("l2", loss_mult=mcfg.int_resolution if coarse else None)
@@ -183,8 +196,8 @@ def _training_model(model: VxmDense, config: RunConfig, num_classes: int):
         losses["moved_seg"] = Dice()
         weights["moved_seg"] = cfg.seg_weight
     keep = {name: outputs[name] for name in losses}
-    trainer_model = _TrainerModel(inputs=inputs, outputs=keep, name="vxm_trainer")
-    return trainer_model, losses, weights
+    trainer = _TrainerModel(inputs=inputs, outputs=keep, name="vxm_trainer")
+    return TrainingModel(model, trainer, losses, weights, config)
 
 
 class _TrainerModel(keras.Model):
@@ -235,20 +248,20 @@ class _TrainerModel(keras.Model):
         return {name: tf.reshape(value, [1]) for name, value in logs.items()}
 
 
-def _check_model_dir(model_dir: Path, config: RunConfig, state: TrainingState) -> None:
-    earlier = model_dir / "config.json"
+def _check_model_dir(run: RunFolder, config: RunConfig, state: TrainingState) -> None:
     if not config.train.resume:
-        if earlier.exists() or state.latest() is not None:
+        if run.holds_run() or state.latest() is not None:
             raise FileExistsError(
-                f"{model_dir} holds an earlier run (config.json / state/). Pass --resume to "
-                "continue it, or choose another --model-dir; nothing was overwritten."
+                f"{run.path} holds an earlier run (config.json / state/). Resume it "
+                "(train.resume, --resume on the command line), or choose another model folder; "
+                "nothing was overwritten."
             )
         return
-    if earlier.exists():
-        saved = RunConfig.load(earlier)
+    if run.holds_run():
+        saved = run.load_config()
         if saved.model != config.model:
             raise ValueError(
-                f"--resume needs the architecture of the run in {model_dir}. Expected: "
+                f"Resuming needs the architecture of the run in {run.path}. Expected: "
                 f"{saved.model}. Received: {config.model}"
             )
 

@@ -12,9 +12,9 @@ import math
 
 import numpy as np
 import pytest
+from helpers import shift_model
 
 from vxmtf import evaluation
-from vxmtf.networks.vxm_dense import VxmDense
 from vxmtf.registration import Registrator
 
 SHAPE = (20, 14, 11)  # not the model's 16^3; padded to (20, 16, 12) and cropped back
@@ -22,18 +22,9 @@ SHAPE = (20, 14, 11)  # not the model's 16^3; padded to (20, 16, 12) and cropped
 LABELS = [1, 2, 4, 5, 7]
 
 
-def shift_model(inshape=(16, 16, 16), shift=(1.0, 0.0, 0.0)):
-    """A tiny VxmDense whose displacement is `shift` at every voxel, whatever the images."""
-    model = VxmDense(inshape, enc_features=(4, 4), dec_features=(4, 4, 4), int_steps=0)
-    flow = model.get_layer("flow")
-    kernel, _ = flow.get_weights()
-    flow.set_weights([np.zeros_like(kernel), np.asarray(shift, np.float32)])
-    return model
-
-
 @pytest.fixture(scope="module")
 def registrator():
-    return Registrator(shift_model())
+    return Registrator(shift_model((1.0, 0.0, 0.0)))
 
 
 def labelled_pair(offset, seed=0):

@@ -3,23 +3,15 @@ inference (the default) gives the untiled field."""
 
 import numpy as np
 import pytest
+from helpers import shift_model
 from scipy import ndimage
 
-from vxmtf import registration
+from vxmtf import ops
 from vxmtf.export import export_saved_model
 from vxmtf.networks import tiled_displacement
 from vxmtf.networks.vxm_dense import VxmDense
-from vxmtf.registration import Registrator, find_run_config, resize_displacement
+from vxmtf.registration import Registrator, find_run_config, predictors, resize_displacement
 from vxmtf.training.config import DataConfig, RunConfig
-
-
-def constant_shift_model(shift, int_steps=0):
-    """A tiny VxmDense whose displacement is `shift` (model voxels) everywhere."""
-    model = VxmDense((16, 16, 16), enc_features=(4, 4), dec_features=(4, 4, 4), int_steps=int_steps)
-    flow = model.get_layer("flow")
-    kernel, _ = flow.get_weights()
-    flow.set_weights([np.zeros_like(kernel), np.asarray(shift, np.float32)])
-    return model
 
 
 def test_affine_field_is_resized_by_the_voxel_centre_rule():
@@ -50,7 +42,7 @@ def test_affine_field_is_resized_by_the_voxel_centre_rule():
 @pytest.mark.parametrize("int_steps", [0, 2])
 def test_downsampled_run_gives_the_field_on_the_input_grid(int_steps):
     """A run trained at half resolution: a constant shift of 1 model voxel is 2 input voxels."""
-    model = constant_shift_model([1.0, 0.0, -0.5], int_steps)
+    model = shift_model([1.0, 0.0, -0.5], int_steps)
     config = RunConfig(data=DataConfig(downsample=2))
     registrator = Registrator(model, config=config)
     rng = np.random.default_rng(1)
@@ -76,7 +68,7 @@ def test_downsampled_run_gives_the_field_on_the_input_grid(int_steps):
 
 
 def test_pair_errors_name_what_was_received():
-    registrator = Registrator(constant_shift_model([0.0, 0.0, 0.0]), config=RunConfig())
+    registrator = Registrator(shift_model([0.0, 0.0, 0.0]), config=RunConfig())
     volume = np.zeros((16, 16, 16), np.float32)
     with pytest.raises(ValueError, match=r"rank 3.*Received: moving.shape=\(16, 16\)"):
         registrator.register(volume[0], volume)
@@ -85,7 +77,7 @@ def test_pair_errors_name_what_was_received():
 
 
 def test_run_config_is_found_beside_the_model(tmp_path):
-    model = constant_shift_model([0.0, 0.0, 0.0])
+    model = shift_model([0.0, 0.0, 0.0])
     model.save(tmp_path / "a.keras")
     model.save(tmp_path / "b.keras")
     RunConfig(data=DataConfig(downsample=2)).save(tmp_path / "a.config.json")
@@ -120,7 +112,7 @@ def test_tiled_registration_equals_the_untiled_one(int_steps, slab, monkeypatch)
         traced.append(kwargs["slab"])
         return tiled_displacement(*args, **kwargs)
 
-    monkeypatch.setattr(registration, "tiled_displacement", spy)
+    monkeypatch.setattr(predictors, "tiled_displacement", spy)
     model = random_field_model(int_steps)
     rng = np.random.default_rng(2)
     shape = (21, 18, 23)
@@ -138,7 +130,7 @@ def test_tiled_registration_equals_the_untiled_one(int_steps, slab, monkeypatch)
 
 
 def test_tiling_arguments(tmp_path):
-    model = constant_shift_model([0.0, 0.0, 0.0])
+    model = shift_model([0.0, 0.0, 0.0])
     with pytest.raises(TypeError, match=r"True or False. Received: tiled='no'"):
         Registrator(model, config=RunConfig(), tiled="no")
     with pytest.raises(ValueError, match=r"needs tiled=True. Received: tiled=False, slab=8"):
@@ -172,6 +164,6 @@ def test_warp_by_chunks_of_rows_is_the_whole_warp(shape):
 
 
 def test_warp_rows_keeps_a_chunk_near_its_budget():
-    assert registration.warp_rows((160, 192, 224)) == 128 * 2**20 // (128 * 192 * 224) == 24
-    assert registration.warp_rows((8, 10**9, 10)) == 1
-    assert registration.warp_rows((16, 16)) >= 16  # small images: one chunk
+    assert ops.warp_rows((160, 192, 224)) == 128 * 2**20 // (128 * 192 * 224) == 24
+    assert ops.warp_rows((8, 10**9, 10)) == 1
+    assert ops.warp_rows((16, 16)) >= 16  # small images: one chunk

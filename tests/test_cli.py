@@ -1,4 +1,4 @@
-"""`vxmtf.launch.run_main`: turns oneDNN on for `python -m vxmtf.<tool>` unless the user chose."""
+"""`vxmtf_cli`: `run_main` turns oneDNN on for `python -m vxmtf.<tool>` unless the user chose."""
 
 import os
 import subprocess
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vxmtf import launch
+import vxmtf_cli as launch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,7 +60,7 @@ def test_reports_this_process_setting():
 @pytest.mark.slow
 @pytest.mark.parametrize("value", ["0", "1"])
 def test_a_fresh_process_follows_the_variable(value):
-    code = "from vxmtf.launch import onednn_enabled; print(onednn_enabled())"
+    code = "from vxmtf_cli import onednn_enabled; print(onednn_enabled())"
     env = {**os.environ, launch.ONEDNN: value, "TF_CPP_MIN_LOG_LEVEL": "3"}
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120

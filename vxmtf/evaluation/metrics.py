@@ -1,0 +1,167 @@
+"""Evaluation of a registration method on labelled pairs: Dice per structure, regularity, speed.
+
+For each pair `(moving, fixed)` with label maps, a `vxmtf.registration.Registrator` gives the
+displacement `u` on the label maps' own grid (resized from the model's grid, vectors scaled,
+when the run was downsampled), and:
+
+- Dice per structure (`vxmtf.metrics.dice`; label 0, the background, excluded) between the fixed
+  label map and the moving one before registration (the affinely aligned input) and after
+  (moving labels warped by `u`, nearest neighbour). A label absent from both maps of a pair has
+  no Dice (0/0): it is NaN in `dice.csv` and left out of every mean.
+- folding fraction: share of voxels with `det(I + grad u) <= 0`; SDlogJ: standard deviation of
+  `log det(I + grad u)` (clipped into (1e-9, 1e9)), both on that full-resolution `u`
+  (Learn2Reg, Hering et al., IEEE TMI 42(3), 2022).
+- seconds: wall time of the registration (preprocessing, network, resizing, image warp).
+
+Summary statistics: each pair's Dice is the mean over its labels (NaN left out); the reported
+mean and standard deviation (population, ddof=0) are over pairs. `seconds_per_pair` leaves out
+the first pair, which includes tracing and warm-up, unless there is only one.
+
+Pairs come as `vxmtf.data.pairs.PairSource`s, loaded one at a time (`select_pairs` chooses
+them as `evaluate.dice` does); the registrator is anything with `register(moving, fixed)` and
+`warp_labels(labels, displacement)`: a `vxmtf.registration.Registrator`, or the ANTs baseline of
+`benchmarks.compare_ants`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+
+from vxmtf.data.pairs import PairSource
+from vxmtf.metrics import dice, folding_fraction, jacobian_determinant, sdlogj
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Evaluation", "evaluate", "evaluate_pair", "nanmean", "nanstd"]
+
+
+def nanmean(values) -> float:
+    """The mean of the values that are not NaN (NaN if none)."""
+    values = np.asarray(values, np.float64)
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if values.size else float("nan")
+
+
+def nanstd(values) -> float:
+    """The population standard deviation of the values that are not NaN (NaN if none)."""
+    values = np.asarray(values, np.float64)
+    values = values[~np.isnan(values)]
+    return float(values.std()) if values.size else float("nan")
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """Results of `evaluate`.
+
+    Attributes:
+        records: one dict per (pair, label) with the `CSV_COLUMNS` keys.
+        pairs: one dict per pair: `pair`, `moving`, `fixed`, `dice_before`, `dice_after`
+            (means over its labels, NaN left out), `folding_fraction`, `sdlogj`, `seconds`.
+        example: middle slices of the first pair for `save_figures` (or None).
+    """
+
+    records: list[dict]
+    pairs: list[dict]
+    example: dict | None = None
+
+    def summary(self, model=None, data=None) -> dict:
+        """The numbers `summary.json` holds (`vxmtf.evaluation.report.summarize`)."""
+        from vxmtf.evaluation.report import summarize
+
+        return summarize(self, model=model, data=data)
+
+
+def evaluate_pair(registrator, pair: dict, labels=None) -> tuple[dict, dict, dict]:
+    """Registers one loaded pair and measures it.
+
+    Returns:
+        `(dice_before, dice_after, metrics)`: two `{label: dice}` dicts over the same labels
+        (`labels`, or every non-zero label of either map), and `folding_fraction`, `sdlogj`,
+        `seconds`, plus the arrays `moved`, `moved_labels`, `displacement`.
+    """
+    moving_labels, fixed_labels = pair["moving_labels"], pair["fixed_labels"]
+    if labels is None:
+        present = np.union1d(np.unique(moving_labels), np.unique(fixed_labels))
+        labels = [int(v) for v in present if v != 0]
+    result = registrator.register(pair["moving"], pair["fixed"])
+    moved_labels = registrator.warp_labels(moving_labels, result.displacement)
+    jacdet = jacobian_determinant(result.displacement)
+    metrics = {
+        "folding_fraction": folding_fraction(jacdet),
+        "sdlogj": sdlogj(jacdet),
+        "seconds": result.seconds,
+        "moved": result.moved,
+        "moved_labels": moved_labels,
+        "displacement": result.displacement,
+    }
+    before = dice(moving_labels, fixed_labels, labels)
+    after = dice(moved_labels, fixed_labels, labels)
+    return before, after, metrics
+
+
+def evaluate(registrator, pairs: Sequence[PairSource], labels=None, progress=True) -> Evaluation:
+    """Registers and measures every pair (see the module docstring).
+
+    Args:
+        registrator: a `vxmtf.registration.Registrator`.
+        pairs: `PairSource`s, loaded one at a time.
+        labels: the labels to score; None scores, per pair, every non-zero label of either map.
+        progress: show a tqdm progress bar across pairs (on stderr).
+    """
+    from tqdm.auto import tqdm
+
+    records, per_pair, example = [], [], None
+    for index, source in enumerate(tqdm(pairs, desc="pairs", unit="pair", disable=not progress)):
+        pair = source.load()
+        before, after, metrics = evaluate_pair(registrator, pair, labels)
+        for label in before:
+            records.append(
+                {
+                    "pair": index,
+                    "moving": source.moving,
+                    "fixed": source.fixed,
+                    "label": label,
+                    "dice_before": before[label],
+                    "dice_after": after[label],
+                }
+            )
+        per_pair.append(
+            {
+                "pair": index,
+                "moving": source.moving,
+                "fixed": source.fixed,
+                "dice_before": nanmean(list(before.values())),
+                "dice_after": nanmean(list(after.values())),
+                "folding_fraction": metrics["folding_fraction"],
+                "sdlogj": metrics["sdlogj"],
+                "seconds": metrics["seconds"],
+            }
+        )
+        logger.info(
+            "pair %d: Dice %.3f -> %.3f",
+            index,
+            per_pair[-1]["dice_before"],
+            per_pair[-1]["dice_after"],
+        )
+        if example is None:
+            example = _middle_slices({**pair, **metrics})
+    return Evaluation(records, per_pair, example)
+
+
+def _middle_slices(arrays: dict) -> dict:
+    """2D views of one pair for the figures: the middle slice along the last axis in 3D."""
+    keys = ("moving", "fixed", "moved", "fixed_labels", "moved_labels", "displacement")
+    ndim = np.ndim(arrays["fixed"])
+    out = {}
+    for key in keys:
+        array = np.asarray(arrays[key])
+        if ndim == 3:
+            array = array[:, :, array.shape[2] // 2]
+        out[key] = array
+    # In-plane components of the displacement: axes 0 and 1.
+    out["displacement"] = out["displacement"][..., :2]
+    return out

@@ -1,0 +1,98 @@
+"""Loading a trained `VxmDense`, and its float32 copy with free spatial sizes.
+
+Every consumer of a saved model goes through here: registration (`vxmtf.registration`), export
+(`vxmtf.export`) and fine-tuning (`vxmtf.training`, initial weights). A `.keras` file is loaded
+without compiling, checked to hold a `VxmDense` (`NotVxmDenseError` otherwise), and Keras's many
+error types for a bad archive become one `ValueError` naming the file.
+
+`float32_clone` rebuilds the architecture with free spatial sizes (or a given shape), float32
+everywhere and without the inverse outputs of a bidirectional model, holding the trained
+weights: one graph then registers volumes of any size in float32, whatever the size and dtype
+policy the model was trained with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import keras
+
+from vxmtf.networks.vxm_dense import VxmDense
+
+__all__ = ["NotVxmDenseError", "check_vxm_dense", "float32_clone", "load_vxm_dense"]
+
+
+class NotVxmDenseError(TypeError):
+    """A model, or the content of a model file, that is not a `vxmtf.networks.VxmDense`."""
+
+
+def check_vxm_dense(model, source=None) -> VxmDense:
+    """Returns `model` if it is a `VxmDense`; raises `NotVxmDenseError` naming `source` else."""
+    if not isinstance(model, VxmDense):
+        where = f" in {source}" if source is not None else ""
+        raise NotVxmDenseError(
+            "Expected a vxmtf.networks.VxmDense model (or the path of a .keras file holding "
+            f"one). Received: a model of type {type(model).__name__}{where}"
+        )
+    return model
+
+
+def load_vxm_dense(path) -> VxmDense:
+    """The `VxmDense` saved in the `.keras` file `path` (not compiled).
+
+    Raises:
+        FileNotFoundError: no file at `path`.
+        ValueError: Keras cannot load it (not a `.keras` archive, corrupt, unknown objects).
+        NotVxmDenseError: it holds another model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Model file not found: {path}")
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as error:  # Keras raises many types for a bad archive.
+        raise ValueError(
+            f"Could not load the Keras model {path}: expected a .keras file saved by vxmtf. "
+            f"Received: error={type(error).__name__}: {error}"
+        ) from error
+    return check_vxm_dense(model, path)
+
+
+def as_vxm_dense(model) -> VxmDense:
+    """`model` itself if it is a `VxmDense`, or the one loaded from a path (`load_vxm_dense`)."""
+    if isinstance(model, (str, os.PathLike)):
+        return load_vxm_dense(model)
+    return check_vxm_dense(model)
+
+
+def float32_clone(model, inshape=None) -> VxmDense:
+    """The architecture of `model` at `inshape` (default: every spatial size free), float32,
+    forward outputs only (`bidir=False`), holding `model`'s weights.
+
+    Args:
+        model: a `VxmDense`.
+        inshape: spatial shape of the copy (ints or None); None makes every size free.
+    """
+    check_vxm_dense(model)
+    config = model.get_config()
+    ndim = len(model.inshape)
+    config.update(inshape=tuple(inshape) if inshape is not None else (None,) * ndim, bidir=False)
+    with _dtype_policy("float32"):
+        clone = VxmDense.from_config(config)
+    for layer in clone.layers:
+        if layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return clone
+
+
+@contextlib.contextmanager
+def _dtype_policy(name):
+    # Keras keeps the global dtype policy per thread; restore whatever the caller had set.
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)

@@ -1,0 +1,222 @@
+"""`register_files`: register one pair of volume files with a trained model, results on the fixed
+grid with its affine and header (the library behind `python -m vxmtf.register`).
+
+It works on top of `vxmtf.registration.Registrator` (which prepares the pair as the model's
+training run did and pads/crops/downsamples it to the model's grid and back), `vxmtf.data.io`
+(which keeps each file's affine and header) and `vxmtf.data.geometry` (grids and ITK fields).
+Inputs may be NIfTI (`.nii`, `.nii.gz`), `.npz` or `.npy` volumes of any size.
+
+Grids. Everything is computed on, and written to, the fixed image's voxel grid with the fixed
+file's affine and header:
+
+- same shape, and the same affine (every entry within `AFFINE_TOLERANCE`) or a file without
+  one (`.npy`, `.npz` without `affine`): voxel `x` of the moving image is voxel `x` of the fixed
+  one, as during training;
+- otherwise (3D only) both files must carry an affine, and the moving image (and its label map)
+  is resampled onto the fixed grid through world coordinates, moving voxel
+  `y = A_moving^-1 A_fixed x` (linear for the image, which takes its own minimum outside its
+  field of view; nearest for labels, 0 outside). This maps fields of view and voxel sizes only:
+  the pair must already be affinely aligned in world space. A moving image that covers no voxel
+  of the fixed grid is an error.
+
+Outputs, on the fixed grid `(X, Y, Z)`:
+
+- `moved` (float32): `moved[x] = moving[x + u[x]]`, N-linear, border clamped;
+- `warp` (float32, `(X, Y, Z, 3)`): the displacement `u` in voxels of the fixed grid, component
+  `k` along voxel axis `k` (VoxelMorph's convention; Balakrishnan et al., IEEE TMI 38(8), 2019);
+- `moved_labels` (the label file's integer dtype): the moving label map warped by `u`, nearest;
+- `warp_mm` (float32, `(X, Y, Z, 1, 3)`, NIfTI intent code 1007, NIFTI_INTENT_VECTOR): the same
+  field as ITK and ANTs read a displacement field. ITK places a voxel at the physical point
+  `p = diag(-1, -1, 1) (A x)` (NIfTI's world frame is RAS, ITK's is LPS) and maps each point
+  `p` of the fixed image to `p + d(p)` of the moving one, with `d` in mm in that LPS frame:
+  `d = diag(-1, -1, 1) M u`, `M` the 3x3 block of the fixed affine. ITK reads the vectors of
+  an intent-1007 file as stored (it converts RAS vectors only for intent 1006, DISPVECT;
+  InsightSoftwareConsortium/ITK#3884), which is how ANTs writes its `Warp.nii.gz` files; so
+  `antsApplyTransforms -i moving -r fixed -t warp_mm.nii.gz` reproduces `moved`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from vxmtf.data.geometry import (
+    displacement_to_world,
+    grid_mapping,
+    resample_to_grid,
+    save_itk_displacement,
+)
+from vxmtf.data.io import Volume, file_kind, load_label_map, load_volume, save_volume
+from vxmtf.registration.registrator import Registrator
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RegisteredFiles", "register_files"]
+
+
+@dataclasses.dataclass
+class RegisteredFiles:
+    """What `register_files` did.
+
+    Attributes:
+        paths: output name (`moved`, `warp`, `moved_labels`, `warp_mm`) -> the file written.
+        moving, fixed: the input files.
+        shape: the fixed grid's shape.
+        resampled: True when the moving image was resampled onto the fixed grid first.
+        coverage: the share of fixed voxels inside the moving image's field of view (1.0 when
+            the two share a grid).
+        seconds: registration time (preprocessing, network, resizing, warping the image).
+        total_seconds: wall time including reading, loading the model and writing.
+    """
+
+    paths: dict[str, Path]
+    moving: Path
+    fixed: Path
+    shape: tuple[int, ...]
+    resampled: bool
+    coverage: float
+    seconds: float
+    total_seconds: float
+
+    def summary(self) -> str:
+        """One line with the pair, the grid and the timing, then the files written."""
+        size = "x".join(str(s) for s in self.shape)
+        line = (
+            f"registered {self.moving.name} -> {self.fixed.name} on the {size} fixed grid in "
+            f"{self.seconds:.2f} s ({self.total_seconds:.2f} s with loading and writing)"
+        )
+        if self.resampled:
+            line += f"; moving resampled onto the fixed grid ({self.coverage:.0%} covered)"
+        return "\n  ".join([line, *(f"{name}: {path}" for name, path in self.paths.items())])
+
+
+def _load(path, role: str) -> Volume:
+    try:
+        return load_volume(path)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"The {role} file was not found: {path}") from error
+
+
+def _check_outputs(outputs: dict) -> None:
+    for path in outputs.values():
+        if path is not None:
+            file_kind(path)  # raises for an unknown ending
+    if outputs.get("warp_mm") is not None and file_kind(outputs["warp_mm"]) != "nifti":
+        raise ValueError(
+            "The millimetre warp is an ITK/ANTs displacement field: expected a name ending in "
+            f".nii or .nii.gz. Received: warp_mm={outputs['warp_mm']}"
+        )
+
+
+def register_files(
+    model,
+    moving,
+    fixed,
+    moved,
+    warp,
+    moving_labels=None,
+    moved_labels=None,
+    warp_mm=None,
+    config=None,
+) -> RegisteredFiles:
+    """Registers a moving image file onto a fixed one and writes the results on the fixed grid.
+
+    See the module docstring for the grids, the conventions and the file layouts.
+
+    Args:
+        model: a `vxmtf.registration.Registrator`, or what it accepts (a `.keras` file, a
+            SavedModel, a run folder, a `VxmDense`).
+        moving, fixed: the image files.
+        moved, warp: destinations of the moved image and of the displacement in voxels.
+        moving_labels, moved_labels: a label map of the moving image and its destination
+            (both or neither).
+        warp_mm: optional destination of the ITK/ANTs displacement in mm (3D only).
+        config: the run's `config.json` when it is not beside the model.
+
+    Returns:
+        A `RegisteredFiles`.
+
+    Raises:
+        FileNotFoundError: an input file or the model does not exist.
+        ValueError: an unreadable file, an unknown output ending, an image whose rank is not
+            the model's, a label map off its image's grid, grids that cannot be mapped, or
+            only one of `moving_labels` and `moved_labels`.
+        TypeError: the model is not a VoxelMorph model.
+    """
+    start = time.perf_counter()
+    if (moving_labels is None) != (moved_labels is None):
+        raise ValueError(
+            "Expected both a moving label map and a destination for the moved one, or neither. "
+            f"Received: moving_labels={moving_labels}, moved_labels={moved_labels}"
+        )
+    outputs = {"moved": moved, "warp": warp, "moved_labels": moved_labels, "warp_mm": warp_mm}
+    _check_outputs(outputs)
+    fixed_volume = _load(fixed, "fixed image")
+    moving_volume = _load(moving, "moving image")
+    labels, label_dtype = None, None
+    if moving_labels is not None:
+        labels, label_dtype = load_label_map(moving_labels, moving_volume, "moving label map")
+
+    registrator = model if isinstance(model, Registrator) else Registrator(model, config=config)
+    for role, volume in (("moving", moving_volume), ("fixed", fixed_volume)):
+        if volume.array.ndim != registrator.ndim:
+            raise ValueError(
+                f"The model registers {registrator.ndim}D volumes: expected the {role} image "
+                f"{volume.path} to have {registrator.ndim} axes. Received: shape={volume.shape}"
+            )
+    if warp_mm is not None and registrator.ndim != 3:
+        raise ValueError(
+            f"A millimetre (ITK) warp is written for 3D volumes only. Received: "
+            f"ndim={registrator.ndim}"
+        )
+
+    mapping = grid_mapping(moving_volume, fixed_volume)
+    moving_array, coverage = moving_volume.array, 1.0
+    label_array = None if labels is None else labels.array
+    if mapping is not None:
+        # Layout: every array below is on the fixed grid, (*fixed.shape).
+        inside = resample_to_grid(
+            np.ones(moving_volume.shape, np.uint8), mapping, fixed_volume.shape, 0
+        )
+        coverage = float(inside.mean())
+        if coverage == 0.0:
+            raise ValueError(
+                f"Cannot map the moving image onto the fixed grid: in world coordinates "
+                f"{moving_volume.path} covers no voxel of {fixed_volume.path}. Expected an "
+                f"affinely pre-aligned pair. Received: moving affine=\n{moving_volume.affine}\n"
+                f"fixed affine=\n{fixed_volume.affine}"
+            )
+        logger.info(
+            "Resampling the moving image onto the fixed grid (%.1f%% covered)", 100 * coverage
+        )
+        source = np.asarray(moving_array, np.float32)
+        moving_array = resample_to_grid(source, mapping, fixed_volume.shape, 1, float(source.min()))
+        if label_array is not None:
+            label_array = resample_to_grid(label_array, mapping, fixed_volume.shape, 0)
+
+    result = registrator.register(moving_array, fixed_volume.array)
+    affine, header = fixed_volume.affine, fixed_volume.header
+    paths = {
+        "moved": save_volume(moved, result.moved.astype(np.float32), affine, header),
+        "warp": save_volume(warp, result.displacement.astype(np.float32), affine, header),
+    }
+    if label_array is not None:
+        warped = registrator.warp_labels(label_array, result.displacement)
+        paths["moved_labels"] = save_volume(moved_labels, warped, affine, header, dtype=label_dtype)
+    if warp_mm is not None:
+        field = displacement_to_world(result.displacement, affine, lps=True)
+        paths["warp_mm"] = save_itk_displacement(warp_mm, field, affine, header)
+    return RegisteredFiles(
+        paths=paths,
+        moving=Path(moving),
+        fixed=Path(fixed),
+        shape=tuple(fixed_volume.shape),
+        resampled=mapping is not None,
+        coverage=coverage,
+        seconds=result.seconds,
+        total_seconds=time.perf_counter() - start,
+    )

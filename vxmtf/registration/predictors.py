@@ -1,0 +1,127 @@
+"""Predictors: the network part of `Registrator`, one small object per kind of model.
+
+Each predictor maps a prepared pair, `moving` and `fixed` float32 `(1, *P, 1)` with every size of
+`P` a multiple of `multiple`, to the displacement `(1, *P, ndim)` in voxels of that grid
+(`moved[x] = moving[x + displacement[x]]`):
+
+- `KerasPredictor`: a `VxmDense` run whole, in float32, with free spatial sizes;
+- `TiledKerasPredictor`: the same displacement computed slab by slab along the first axis
+  (`vxmtf.networks.tiled_displacement`), in a fraction of the memory;
+- `SavedModelPredictor`: the `serving_default` signature of a `vxmtf.export` SavedModel, which
+  pads and crops inside its graph (so `multiple` is 1).
+
+`make_predictor` chooses among them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import tensorflow as tf
+
+from vxmtf.networks.loading import as_vxm_dense, float32_clone
+from vxmtf.networks.tiled import check_slab, default_slab, tiled_displacement
+
+__all__ = ["KerasPredictor", "SavedModelPredictor", "TiledKerasPredictor", "make_predictor"]
+
+
+class KerasPredictor:
+    """A `VxmDense` run whole (float32 copy with free spatial sizes).
+
+    Attributes:
+        model: the float32 copy. `inshape`: the trained model's input shape. `ndim`,
+            `multiple`: its dimensionality and size multiple.
+    """
+
+    def __init__(self, model):
+        self.inshape = tuple(model.inshape)
+        self.ndim = len(self.inshape)
+        self.multiple = model.size_multiple
+        self.model = float32_clone(model)
+        spec = tf.TensorSpec((None,) * (self.ndim + 1) + (1,), tf.float32)
+        self._predict = tf.function(self._displacement, input_signature=[spec, spec])
+
+    def _displacement(self, moving, fixed):
+        return self.model([moving, fixed], training=False)["displacement"]
+
+    def __call__(self, moving, fixed):
+        return self._predict(moving, fixed)
+
+
+class TiledKerasPredictor(KerasPredictor):
+    """A `VxmDense` computed slab by slab (`tiled_displacement`): the same displacement.
+
+    Args:
+        model: a `VxmDense`.
+        slab: rows per slab (at least `vxmtf.networks.min_slab(model)`), or None to choose it
+            per input shape (`vxmtf.networks.default_slab`).
+    """
+
+    def __init__(self, model, slab=None):
+        super().__init__(model)
+        self.slab = None if slab is None else check_slab(slab, self.model)
+        spec = tf.TensorSpec((None,) * (self.ndim + 1) + (1,), tf.float32)
+        # The slab is an argument, not a constant: one graph serves every input shape.
+        self._tiled = tf.function(
+            lambda moving, fixed, slab: tiled_displacement(self.model, moving, fixed, slab=slab),
+            input_signature=[spec, spec, tf.TensorSpec([], tf.int32)],
+        )
+
+    def __call__(self, moving, fixed):
+        slab = self.slab or default_slab(tuple(moving.shape), self.model)
+        return self._tiled(moving, fixed, tf.constant(slab, tf.int32))
+
+
+class SavedModelPredictor:
+    """The `serving_default(moving, fixed)` signature of a SavedModel written by `vxmtf.export`.
+
+    Raises:
+        ValueError: the folder cannot be loaded, or has no such signature.
+    """
+
+    inshape = None
+    multiple = 1  # the export pads inside its graph
+
+    def __init__(self, path):
+        path = Path(path)
+        try:
+            self._loaded = tf.saved_model.load(str(path))  # keeps the variables alive
+        except Exception as error:  # TensorFlow raises many types for a bad SavedModel.
+            raise ValueError(
+                f"Could not load the SavedModel {path}. "
+                f"Received: error={type(error).__name__}: {error}"
+            ) from error
+        self._signature = self._loaded.signatures.get("serving_default")
+        inputs = {} if self._signature is None else self._signature.structured_input_signature[1]
+        if set(inputs) != {"moving", "fixed"}:
+            raise ValueError(
+                f"{path} is not a vxmtf export: expected a serving_default(moving, fixed) "
+                f"signature. Received: inputs={sorted(inputs)}"
+            )
+        self.ndim = inputs["moving"].shape.rank - 2
+
+    def __call__(self, moving, fixed):
+        return self._signature(moving=moving, fixed=fixed)["displacement"]
+
+
+def make_predictor(model, tiled=True, slab=None):
+    """The predictor for `model`: a `VxmDense`, a `.keras` file, or a SavedModel folder.
+
+    Args:
+        model: a `VxmDense`, or a path from `vxmtf.training.run_folder.resolve_model_path`.
+        tiled: slab-wise inference for a Keras model (a SavedModel runs its exported graph).
+        slab: rows per slab when tiled (None: automatic).
+
+    Raises:
+        ValueError: a `slab` for a SavedModel, or a bad model file.
+        NotVxmDenseError: a `.keras` file or model that is not a `VxmDense`.
+    """
+    if isinstance(model, (str, Path)) and Path(model).is_dir():
+        if slab is not None:
+            raise ValueError(
+                f"`slab` applies to Keras models; {model} is a SavedModel, which runs its "
+                f"exported graph. Received: slab={slab!r}"
+            )
+        return SavedModelPredictor(model)
+    model = as_vxm_dense(model)
+    return TiledKerasPredictor(model, slab) if tiled else KerasPredictor(model)

@@ -1,0 +1,215 @@
+"""`Registrator`: register one pair of volumes of any size with a trained VoxelMorph model.
+
+The pair is prepared exactly as the model's training run prepared its inputs
+(`vxmtf.training.data.TrainingData`): intensities normalised (`config.data.normalize`), block-mean
+downsampled by `config.data.downsample`, zero-padded (centred) to the model's size multiple. The
+predicted displacement is cropped back and, for a downsampled run, resized to the input grid:
+
+    input (*S)  --normalise, downsample by K-->  (*C), C_k = S_k // K  --pad-->  (*P)
+    displacement (*P, ndim)  --crop-->  (*C, ndim)  --resize, vectors * K-->  (*S, ndim)
+
+Resizing uses the voxel-centre convention of the downsampling (coarse voxel `i` sits at fine
+coordinate `K i + (K - 1) / 2`; `vxmtf.ops.rescale_field` to `K * C`), and the trailing
+`S_k - K C_k` voxels the coarse grid does not cover take the value of the last covered voxel.
+
+The returned displacement is in voxels of the input grid, component k along axis k, with
+`moved[x] = moving[x + displacement[x]]` (Balakrishnan et al., "VoxelMorph: a learning framework
+for deformable medical image registration", IEEE TMI 38(8), 2019).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from vxmtf.checks import check_bool
+from vxmtf.data.preprocess import PreprocessConfig, preprocess_image, resize_displacement
+from vxmtf.ops import warp, warp_rows
+from vxmtf.registration.predictors import make_predictor
+from vxmtf.training.config import RunConfig
+from vxmtf.training.run_folder import find_run_config, load_run_config, resolve_model_path
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Registration", "Registrator", "warp_volume"]
+
+
+@dataclasses.dataclass
+class Registration:
+    """The result of registering one pair.
+
+    Attributes:
+        displacement: `(*spatial, ndim)` float32 on the input grid, in its voxels.
+        moved: `(*spatial)` float32, the moving image (its own intensities, not normalised)
+            warped N-linearly by `displacement`, border clamped.
+        seconds: wall time of the registration (preprocessing, model, resizing, warp).
+    """
+
+    displacement: np.ndarray
+    moved: np.ndarray
+    seconds: float
+
+
+def warp_volume(image, displacement, interpolation="linear", rows=None):
+    """`out[x] = image[x + displacement[x]]` for one `(*spatial)` NumPy volume
+    (`vxmtf.ops.warp`, border clamped).
+
+    "linear" returns float32; "nearest" keeps an integer label map's dtype (labels are never
+    mixed). `rows`: None warps the whole volume at once; an int >= 1 computes that many output
+    rows (first axis) at a time (`vxmtf.ops.warp`'s `rows`; `vxmtf.ops.warp_rows` chooses it).
+
+    Raises:
+        ValueError: a displacement that is not `(*image.shape, image.ndim)`, or a bad `rows`.
+    """
+    image = np.asarray(image)
+    displacement = np.asarray(displacement, np.float32)
+    if image.shape != displacement.shape[:-1] or displacement.shape[-1] != image.ndim:
+        raise ValueError(
+            f"Expected a displacement of shape {(*image.shape, image.ndim)} for an image of "
+            f"shape {image.shape}. Received: displacement.shape={displacement.shape}"
+        )
+    if interpolation == "linear":
+        source = image.astype(np.float32)
+    elif np.issubdtype(image.dtype, np.integer) or image.dtype == np.bool_:
+        source = image.astype(np.int32)
+    else:
+        source = image
+    if rows is not None and not isinstance(rows, bool) and isinstance(rows, int):
+        rows = None if rows >= image.shape[0] else rows
+    out = warp(
+        tf.constant(source[None, ..., None]),
+        displacement[None],
+        interpolation=interpolation,
+        rows=rows,
+    )
+    out = out.numpy()[0, ..., 0]
+    return out if interpolation == "linear" else out.astype(image.dtype)
+
+
+class Registrator:
+    """Registers pairs of NumPy volumes with a `.keras` model or an exported SavedModel.
+
+    Args:
+        model: a `VxmDense`, or a path accepted by `resolve_model_path`.
+        config: the run's `RunConfig` or the path of its `config.json`; None looks for
+            `config.json` beside the model (`find_run_config`) and, if there is none, assumes
+            min-max normalisation and no downsampling (logged as a warning).
+        tiled: low-memory registration, the same results: compute the displacement of a Keras
+            model slab by slab along the first axis (`vxmtf.networks.tiled_displacement`) and
+            warp images by chunks of rows (`warp_rows`); at 160x192x224 the whole process then
+            peaks at about 2.3 GB instead of 5.6 GB. False runs the model and each warp in one
+            piece. A SavedModel always runs its exported graph (only its warps are chunked).
+        slab: rows per slab for `tiled` (at least `vxmtf.networks.min_slab(model)`, 5 for the
+            default network); None chooses it per input shape with `default_slab` (at most
+            about 0.4 GB of full-resolution working tensors per slab, and at least 4 slabs:
+            18 rows at 160x192x224, 20 at 80x96x112).
+
+    Attributes:
+        ndim: 2 or 3. `downsample`, `normalize`: the run's preprocessing.
+        model_path, config_path: where the model and its configuration came from (or None).
+        config: the `RunConfig` (or None). `inshape`: the model's input shape (None sizes
+            free) for a Keras model, None for a SavedModel.
+        tiled, slab: the arguments (`slab` None: automatic).
+
+    Raises:
+        FileNotFoundError, ValueError: the model or configuration is missing or unreadable.
+        TypeError: a `.keras` file holding something else than a `VxmDense`, or `tiled` not a
+            bool.
+        ValueError: a `slab` below the model's minimum, or a `slab` without tiling (`tiled`
+            False or a SavedModel).
+    """
+
+    def __init__(self, model, config=None, tiled=True, slab=None):
+        check_bool("tiled", tiled)
+        if slab is not None and not tiled:
+            raise ValueError(
+                "`slab` sets the rows per slab of tiled inference; it needs tiled=True. "
+                f"Received: tiled={tiled}, slab={slab!r}"
+            )
+        self.tiled = tiled
+        self.slab = slab
+        self.model_path = None
+        if isinstance(model, (str, os.PathLike)):
+            model = self.model_path = resolve_model_path(model)
+        if config is None and self.model_path is not None:
+            config = find_run_config(self.model_path)
+        self.config_path = Path(config) if isinstance(config, (str, os.PathLike)) else None
+        self.config = load_run_config(config) if self.config_path else config
+        if self.config is not None and not isinstance(self.config, RunConfig):
+            raise TypeError(
+                f"Expected `config` to be a RunConfig or a path. Received: config={config!r}"
+            )
+        if self.config is None:
+            logger.warning(
+                "No config.json for model %s: assuming minmax normalisation, no downsampling",
+                self.model_path or getattr(model, "name", model),
+            )
+        self.normalize = self.config.data.normalize if self.config else "minmax"
+        self.downsample = int(self.config.data.downsample) if self.config else 1
+        self.predictor = make_predictor(model, tiled=tiled, slab=slab)
+        self.ndim = self.predictor.ndim
+        self.multiple = self.predictor.multiple
+        self.inshape = self.predictor.inshape
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        """How each image is prepared (the padding multiple is 1 for a SavedModel)."""
+        if self.config is not None:
+            return self.config.data.preprocess(self.multiple)
+        return PreprocessConfig(normalize=self.normalize, multiple=self.multiple)
+
+    def check_pair(self, moving, fixed):
+        """Raises ValueError unless `moving` and `fixed` are two volumes on one grid of the
+        model's dimensionality, large enough for its downsampling."""
+        for name, image in (("moving", moving), ("fixed", fixed)):
+            if np.ndim(image) != self.ndim:
+                raise ValueError(
+                    f"The model registers {self.ndim}D volumes; expected `{name}` of rank "
+                    f"{self.ndim}. Received: {name}.shape={np.shape(image)}"
+                )
+        if np.shape(moving) != np.shape(fixed):
+            raise ValueError(
+                "Expected `moving` and `fixed` on one voxel grid: the model compares them voxel "
+                "by voxel, so pairs must be affinely pre-aligned and resampled to a common grid "
+                f"first. Received: moving.shape={np.shape(moving)}, fixed.shape={np.shape(fixed)}"
+            )
+        if min(np.shape(moving)) < self.downsample:
+            raise ValueError(
+                f"Volume too small for the run's downsampling by {self.downsample}. "
+                f"Received: shape={np.shape(moving)}"
+            )
+
+    def register(self, moving, fixed) -> Registration:
+        """Registers `moving` onto `fixed`, two arrays of the same shape `(*spatial)`.
+
+        Returns:
+            A `Registration` with the displacement on the input grid and the moved image.
+        """
+        start = time.perf_counter()
+        self.check_pair(moving, fixed)
+        shape = np.shape(fixed)
+        preprocess = self.preprocess
+        prepared = []
+        for image in (moving, fixed):
+            array, padding = preprocess_image(image, preprocess)
+            prepared.append(tf.constant(array[None, ..., None]))
+        displacement = self.predictor(*prepared).numpy()[0]  # (*P, ndim)
+        displacement = padding.undo(displacement)  # (*C, ndim)
+        displacement = resize_displacement(displacement, shape, self.downsample)
+        moved = warp_volume(moving, displacement, rows=warp_rows(shape) if self.tiled else None)
+        return Registration(displacement, moved, time.perf_counter() - start)
+
+    #: `warp_volume`, also reachable as a static method.
+    warp = staticmethod(warp_volume)
+
+    def warp_labels(self, labels, displacement):
+        """Nearest-neighbour warp of a label map, keeping its dtype (labels are never mixed);
+        by chunks of rows when `tiled` (`warp_rows`)."""
+        rows = warp_rows(np.shape(labels)) if self.tiled else None
+        return warp_volume(labels, displacement, interpolation="nearest", rows=rows)
