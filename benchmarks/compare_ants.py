@@ -213,11 +213,12 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     try:
+        dataset = load_dataset(args.data)
         if not args.skip_ants:
             registrator = AntsRegistrator(
                 args.downsample, args.cc_radius, args.iterations, args.threads
             )
-            pairs = evaluation.dataset_pairs(load_dataset(args.data))[: args.max_pairs]
+            pairs = evaluation.dataset_pairs(dataset)[: args.max_pairs]
             result = evaluation.evaluate(registrator, pairs)
             summary = evaluation.write_results(
                 result, out, model=registrator.model_path, data=args.data
@@ -235,7 +236,7 @@ def main(argv=None) -> int:
             series[name] = [{"label": r["label"], "dice": r["dice_after"]} for r in records]
         table = comparison_table(summaries)
         atomic_write_text(out / "comparison.md", table)
-        evaluation.plot_dice_series(series, out / "comparison_boxplot.png")
+        evaluation.plot_dice_series(series, out / "comparison_boxplot.png", dataset.label_names)
     except (ImportError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -24,8 +24,17 @@ Dice excludes label 0 (background). A label absent from both label maps of a pai
 over its labels; the reported mean and std are over pairs. Time per pair excludes the first pair
 (warm-up) when there are several.
 
-Writes <out>/dice.csv (pair,moving,fixed,label,dice_before,dice_after), <out>/summary.json and,
-with --figures, <out>/dice_boxplot.png and <out>/example_pair.png.
+HD95 is the 95th percentile of the symmetric surface distance between a structure in the two
+label maps, in mm (voxel sizes from the fixed image's header): the larger of the two directed
+95th percentiles, as MONAI and the Learn2Reg evaluation compute it; inf when the structure is
+in one map only (counted, and left out of the means).
+
+Writes <out>/dice.csv (pair,moving,fixed,label,dice_before,dice_after,hd95_before,hd95_after,
+structure: one row per pair and label; structure names from the dataset JSON's "labels"),
+<out>/summary.json (means, per-label Dice and HD95, folding, SDlogJ, time) and, with --figures,
+<out>/dice_boxplot.png (Dice per structure, left and right merged when names are known, sorted
+by Dice) and <out>/example_pair.png. --l2r-out DIR writes each displacement in the Learn2Reg
+submission format (disp_<fixed>_<moving>.npz: float16, half resolution, channels first).
 """
 
 
@@ -33,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m evaluate.dice",
         description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=cli.HelpFormatter,
     )
     cli.add_model_arguments(p, default="runs/vxm/best.keras")
     p.add_argument("--data", help="dataset JSON (Learn2Reg style) or folder/glob of images")
@@ -53,8 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="shape of the synthetic pairs (default: the run's)",
     )
-    p.add_argument("--out", default="runs/eval", help="output folder; default: runs/eval")
+    p.add_argument("--out", default="runs/eval", help="output folder")
     p.add_argument("--figures", action="store_true", help="also save PNG figures (matplotlib)")
+    p.add_argument(
+        "--l2r-out",
+        metavar="DIR",
+        help="also write each pair's displacement in the Learn2Reg submission format (3D)",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     cli.add_verbose_argument(p)
     return p
@@ -62,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Parses the arguments, evaluates, writes the report; returns 0, or 2 on bad input."""
-    cli.prepare_environment()  # before TensorFlow's import (effective when run as a program)
+    cli.start(argv)  # environment and a quiet TensorFlow import (when run as a program)
     args, code = cli.parse_args(build_parser(), argv)
     if args is None:
         return code
@@ -84,7 +98,9 @@ def main(argv=None) -> int:
             synthetic_shape=args.synthetic_shape,
             inshape=registrator.inshape,
         )
-        result = evaluation.evaluate(registrator, pairs, labels=args.labels, progress=args.progress)
+        result = evaluation.evaluate(
+            registrator, pairs, labels=args.labels, progress=args.progress, l2r_out=args.l2r_out
+        )
         summary = evaluation.write_results(
             result, args.out, model=registrator.model_path, data=data
         )
@@ -92,7 +108,10 @@ def main(argv=None) -> int:
     except cli.BAD_INPUT as error:
         return cli.report_error(error)
     print(evaluation.format_summary(summary))
-    print(f"wrote {args.out}/dice.csv, {args.out}/summary.json", *figures, sep="\n  ")
+    written = [f"{args.out}/dice.csv", f"{args.out}/summary.json", *map(str, figures)]
+    if args.l2r_out:
+        written.append(f"{args.l2r_out}/disp_*.npz ({len(pairs)} Learn2Reg displacements)")
+    print("wrote", *written, sep="\n  ")
     return cli.EXIT_OK
 
 

@@ -1,11 +1,14 @@
 """`vxmtf_cli`: `run_main` turns oneDNN on for `python -m vxmtf.<tool>` unless the user chose."""
 
+import argparse
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import tensorflow  # noqa: F401  (as in `python -m vxmtf.<tool>`: imported before main)
 
 import vxmtf_cli as launch
 
@@ -66,3 +69,53 @@ def test_a_fresh_process_follows_the_variable(value):
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
     assert out.stdout.strip().splitlines()[-1] == str(value == "1")
+
+
+def test_help_shows_defaults_of_options_that_have_one():
+    parser = argparse.ArgumentParser(formatter_class=launch.HelpFormatter)
+    parser.add_argument("--out", default="runs/eval", help="output folder")
+    parser.add_argument("--shape", type=int, nargs="+", default=[48, 48], help="size")
+    parser.add_argument("--model", required=True, help="a model")
+    parser.add_argument("--figures", action="store_true", help="figures")
+    parser.add_argument("--config", help="a config")
+    text = " ".join(parser.format_help().split())
+    assert "output folder (default: runs/eval)" in text
+    assert "size (default: 48 48)" in text
+    assert "a model (default" not in text and "figures (default" not in text
+    assert "a config (default" not in text
+
+
+def _python(code, *argv):
+    env = {k: v for k, v in os.environ.items() if k not in (launch.ONEDNN, launch.LOG_LEVEL)}
+    return subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_a_normal_start_prints_nothing_of_tensorflow_and_verbose_shows_it():
+    code = (
+        "import sys, vxmtf_cli; vxmtf_cli.start(sys.argv[1:]);"
+        "import tensorflow as tf; print(float(tf.reduce_sum(tf.ones(3))))"
+    )
+    quiet = _python(code)
+    assert quiet.returncode == 0 and quiet.stdout.strip() == "3.0"
+    assert quiet.stderr.strip() == "", quiet.stderr[-2000:]
+    verbose = _python(code, "-v")
+    assert verbose.returncode == 0 and "I0000" in verbose.stderr  # TensorFlow's own log
+
+
+def test_console_scripts_are_installed_and_list_defaults():
+    script = shutil.which("vxmtf-export")
+    if script is None:
+        pytest.skip("vxmtf is not installed with its console scripts (pip install -e .)")
+    out = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0
+    help_text = " ".join(out.stdout.split())
+    assert "--base-dir" in help_text and "(default: vxm)" in help_text
+    for name in ("vxmtf-train", "vxmtf-register", "vxmtf-evaluate"):
+        assert shutil.which(name), name

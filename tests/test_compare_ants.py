@@ -63,7 +63,8 @@ def test_command_line_writes_evaluate_dice_files_and_comparison(tmp_path):
     assert main([*args, "--iterations", "30", "10", "--threads", "2"]) == 0
     with open(out / "dice.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["pair", "moving", "fixed", "label", "dice_before", "dice_after"]
+    assert list(rows[0])[:6] == ["pair", "moving", "fixed", "label", "dice_before", "dice_after"]
+    assert list(rows[0])[6:] == ["hd95_before", "hd95_after", "structure"]
     assert sorted(int(r["label"]) for r in rows) == [1, 2]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dice_after_mean"] > summary["dice_before_mean"]

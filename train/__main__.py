@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m train",
         description="Train a VoxelMorph registration model (unsupervised; optionally "
         "semi-supervised with label maps).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=cli.HelpFormatter,
     )
     g = p.add_argument_group("data")
     g.add_argument(
@@ -193,7 +193,7 @@ def config_from_args(args):
 
 def main(argv=None) -> int:
     """Parses the arguments and trains; returns 0, or 2 on bad input."""
-    cli.prepare_environment()  # before TensorFlow's import (effective when run as a program)
+    cli.start(argv)  # environment and a quiet TensorFlow import (when run as a program)
     parser = build_parser()
     args, code = cli.parse_args(parser, argv)
     if args is None:

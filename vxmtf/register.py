@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m vxmtf.register",
         description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=cli.HelpFormatter,
     )
     cli.add_model_arguments(p)
     p.add_argument("--moving", required=True, help="moving image (.nii, .nii.gz, .npz, .npy)")

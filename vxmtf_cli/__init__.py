@@ -4,11 +4,15 @@ The entry points (`python -m train`, `python -m evaluate.dice`, `python -m vxmtf
 `python -m vxmtf.export`, the benchmarks) parse their own options and call one library function;
 around that they share, from here:
 
-- the environment TensorFlow reads when it is imported (`ENVIRONMENT`, set by
-  `prepare_environment` unless the user set it): TensorFlow's oneDNN CPU kernels on
-  (`TF_ENABLE_ONEDNN_OPTS=1`; TensorFlow enables them by default only on CPUs with AVX-512-class
-  features, although they make 3D convolutions several times faster on other x86 CPUs too) and
-  its C++ INFO lines off (`TF_CPP_MIN_LOG_LEVEL=1`);
+- the environment TensorFlow reads when it is imported (set by `prepare_environment` unless the
+  user set it): TensorFlow's oneDNN CPU kernels on (`TF_ENABLE_ONEDNN_OPTS=1`; TensorFlow
+  enables them by default only on CPUs with AVX-512-class features, although they make 3D
+  convolutions several times faster on other x86 CPUs too) and its C++ log quiet
+  (`TF_CPP_MIN_LOG_LEVEL=3`, or 0 with `-v`);
+- `start(argv)`, which does that and imports TensorFlow with the lines its native libraries
+  print at import (oneDNN and CUDA notices, written before its log level applies) captured:
+  known start-up notices are dropped, anything else is passed on, and `-v` shows everything.
+  On a CPU-only machine a normal start then prints nothing of TensorFlow's own;
 - `run_main`, which starts a tool whose module lives inside `vxmtf` (and so has imported
   TensorFlow before its own code runs) again in a fresh interpreter when oneDNN would otherwise
   stay off;
@@ -27,11 +31,27 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 
 ONEDNN = "TF_ENABLE_ONEDNN_OPTS"
 LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL"
-#: Environment variables TensorFlow reads at import, and the values the tools default them to.
-ENVIRONMENT = {ONEDNN: "1", LOG_LEVEL: "1"}
+#: Environment variables TensorFlow reads at import, and the values the tools default them to
+#: (`-v` sets the log level to 0: every line of TensorFlow's C++ log).
+ENVIRONMENT = {ONEDNN: "1", LOG_LEVEL: "3"}
+#: Lines TensorFlow's native libraries print at import on a machine without a GPU, or to say
+#: what they were built for: information, not problems (shown with `-v`).
+STARTUP_NOTICES = (
+    "All log messages before absl::InitializeLog() is called",
+    "oneDNN custom operations are on",
+    "Could not find cuda drivers",
+    "cpu_feature_guard.cc",
+    "To enable the following instructions",
+    "Unable to register cuDNN factory",
+    "Unable to register cuFFT factory",
+    "Unable to register cuBLAS factory",
+    "computation placer already registered",
+    "TF-TRT Warning",
+)
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
 #: The exceptions that mean bad input (files, values, options), reported without a traceback.
@@ -42,22 +62,65 @@ __all__ = [
     "ENVIRONMENT",
     "EXIT_BAD_INPUT",
     "EXIT_OK",
+    "HelpFormatter",
     "add_model_arguments",
     "add_verbose_argument",
     "onednn_enabled",
     "parse_args",
     "prepare_environment",
+    "import_tensorflow",
     "report_error",
     "run_main",
     "setup_logging",
+    "start",
 ]
 
 
-def prepare_environment() -> None:
-    """Sets each `ENVIRONMENT` variable the user has not set; effective before TensorFlow's
-    import only."""
+def prepare_environment(verbose: bool = False) -> None:
+    """Sets each `ENVIRONMENT` variable the user has not set (the log level to 0 when
+    `verbose`); effective before TensorFlow's import only."""
     for name, value in ENVIRONMENT.items():
-        os.environ.setdefault(name, value)
+        os.environ.setdefault(name, "0" if verbose and name == LOG_LEVEL else value)
+
+
+def start(argv=None) -> None:
+    """Start-up of a command line, before TensorFlow is imported: `prepare_environment` (verbose
+    when `argv`, default `sys.argv[1:]`, holds `-v`/`--verbose`), then `import_tensorflow`."""
+    argv = sys.argv[1:] if argv is None else argv
+    verbose = any(arg in ("-v", "--verbose") for arg in argv)
+    prepare_environment(verbose)
+    import_tensorflow(verbose)
+
+
+def import_tensorflow(verbose: bool = False) -> None:
+    """Imports TensorFlow; unless `verbose`, its native libraries' output during the import
+    (file descriptor 2) is captured, `STARTUP_NOTICES` lines are dropped and the rest written
+    to stderr. Does nothing when TensorFlow is already imported."""
+    if "tensorflow" in sys.modules:
+        return
+    if verbose:
+        import tensorflow  # noqa: F401
+
+        return
+    sys.stderr.flush()
+    with tempfile.TemporaryFile(mode="w+b") as capture:
+        saved = os.dup(2)
+        os.dup2(capture.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            text = capture.read().decode(errors="replace")
+    kept = [
+        line
+        for line in text.splitlines()
+        if line.strip() and not any(notice in line for notice in STARTUP_NOTICES)
+    ]
+    if kept:
+        print("\n".join(kept), file=sys.stderr)
 
 
 def onednn_enabled():
@@ -74,17 +137,33 @@ def onednn_enabled():
 def run_main(module, main):
     """Run `main()` as the `python -m <module>` process; exits with its return code.
 
-    When TensorFlow is not imported yet, the `ENVIRONMENT` defaults are set first. When it is
+    When TensorFlow is not imported yet, `start` runs first. When it is
     (a module inside `vxmtf`), the environment does not set `TF_ENABLE_ONEDNN_OPTS` and this
     process's TensorFlow has oneDNN off, the process is replaced (`os.execv`) by the same
     command with the defaults set; `TF_ENABLE_ONEDNN_OPTS=0` opts out.
     """
     if "tensorflow" not in sys.modules:
-        prepare_environment()
+        start()
     elif ONEDNN not in os.environ and onednn_enabled() is False:
         prepare_environment()
         os.execv(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]])
     raise SystemExit(main())
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """`--help` keeps the description's line breaks and shows the default of every option
+    that has one (not of required options, flags, or options that are off unless given)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        flag = action.nargs == 0  # store_true / store_false: on or off when given
+        quiet = flag or default in (None, argparse.SUPPRESS) or action.required
+        if quiet or "%(default)" in text or "default:" in text:
+            return text
+        if isinstance(default, (list, tuple)):
+            default = " ".join(str(v) for v in default)
+        return f"{text} (default: {default})"
 
 
 def add_model_arguments(parser, default=None, config=True):
@@ -94,7 +173,7 @@ def add_model_arguments(parser, default=None, config=True):
         required=default is None,
         default=default,
         help="a .keras file, a SavedModel folder (or <base>/<name>: its newest version) or a "
-        "training run folder" + (f"; default: {default}" if default else ""),
+        "training run folder",
     )
     if config:
         parser.add_argument(

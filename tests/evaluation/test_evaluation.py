@@ -13,6 +13,8 @@ import math
 import numpy as np
 import pytest
 from helpers import shift_model
+from scipy import ndimage
+from scipy.spatial.distance import cdist
 
 from vxmtf import evaluation
 from vxmtf.registration import Registrator
@@ -59,6 +61,22 @@ def expected(pair):
     return before, after
 
 
+def hd95_by_brute_force(a, b, label):
+    """Oracle: boundary voxels (the mask minus its face-connected erosion), every pairwise
+    distance, the 95th percentile of each direction's minima, the larger of the two."""
+    surfaces = []
+    for labels in (a, b):
+        mask = labels == label
+        inner = ndimage.binary_erosion(mask, ndimage.generate_binary_structure(3, 1))
+        surfaces.append(np.argwhere(mask & ~inner).astype(float))
+    if not len(surfaces[0]) and not len(surfaces[1]):
+        return math.nan
+    if not len(surfaces[0]) or not len(surfaces[1]):
+        return math.inf
+    distances = cdist(*surfaces)
+    return max(np.percentile(distances.min(axis=1), 95), np.percentile(distances.min(axis=0), 95))
+
+
 def same(actual: float, wanted: float) -> bool:
     return math.isnan(actual) if math.isnan(wanted) else actual == pytest.approx(wanted, abs=1e-12)
 
@@ -75,6 +93,13 @@ def test_evaluate_pair_dice_before_and_after(registrator):
     want_before, want_after = expected(pair)
     assert_same(before, want_before)
     assert_same(after, want_after)
+    moved = np.roll(pair["moving_labels"], -1, axis=0)
+    for label in LABELS:
+        want = hd95_by_brute_force(pair["moving_labels"], pair["fixed_labels"], label)
+        assert same(metrics["hd95_before"][label], want), label
+        want = hd95_by_brute_force(moved, pair["fixed_labels"], label)
+        assert same(metrics["hd95_after"][label], want), label
+    assert metrics["hd95_after"][4] == metrics["hd95_after"][5] == math.inf  # in one map only
     # Closed form for the boxes: lengths 6 and 4 along axis 0, offset 2, then 1 after.
     assert before[1] == pytest.approx(4 / 6) and after[1] == pytest.approx(5 / 6)
     assert before[2] == pytest.approx(2 / 4) and after[2] == pytest.approx(3 / 4)
@@ -153,9 +178,13 @@ def test_write_results_files(result, tmp_path):
 
     with open(tmp_path / "dice.csv", newline="") as handle:
         rows = list(csv.reader(handle))
-    assert rows[0] == ["pair", "moving", "fixed", "label", "dice_before", "dice_after"]
+    # The columns of earlier versions first, then HD95 (mm) and the structure's name.
+    assert rows[0][:6] == ["pair", "moving", "fixed", "label", "dice_before", "dice_after"]
+    assert rows[0][6:] == ["hd95_before", "hd95_after", "structure"]
     assert len(rows) == 1 + 2 * len(LABELS)
     first = dict(zip(rows[0], rows[1], strict=True))
+    pair = labelled_pair(2, 0)
+    moved = np.roll(pair["moving_labels"], -1, axis=0)
     assert first == {
         "pair": "0",
         "moving": "m0.nii.gz",
@@ -163,9 +192,13 @@ def test_write_results_files(result, tmp_path):
         "label": "1",
         "dice_before": f"{4 / 6:.6f}",
         "dice_after": f"{5 / 6:.6f}",
+        "hd95_before": f"{hd95_by_brute_force(pair['moving_labels'], pair['fixed_labels'], 1):.6f}",
+        "hd95_after": f"{hd95_by_brute_force(moved, pair['fixed_labels'], 1):.6f}",
+        "structure": "",
     }
     absent = [r for r in rows[1:] if r[3] == "7"]
-    assert [r[4:] for r in absent] == [["nan", "nan"]] * 2
+    assert [r[4:6] for r in absent] == [["nan", "nan"]] * 2
+    assert [r[6:8] for r in rows[1:] if r[3] == "4"] == [["inf", "inf"]] * 2
 
     def no_constants(name):
         raise AssertionError(f"summary.json is not strict JSON: {name}")

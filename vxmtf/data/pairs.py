@@ -21,7 +21,14 @@ from vxmtf.data.io import load_label_map, load_volume
 from vxmtf.data.pipeline import MODES
 from vxmtf.data.synthetic import SyntheticPairs
 
-__all__ = ["PairSource", "csv_pairs", "dataset_pairs", "file_pair", "synthetic_pairs"]
+__all__ = [
+    "PairSource",
+    "csv_pairs",
+    "dataset_pairs",
+    "file_pair",
+    "synthetic_pairs",
+    "voxel_spacing",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,15 +36,24 @@ class PairSource:
     """One pair to evaluate: names for the report, and a loader.
 
     `load()` returns `moving`, `fixed` (float arrays `(*spatial)`), `moving_labels` and
-    `fixed_labels` (integer arrays of the same shape).
+    `fixed_labels` (integer arrays of the same shape), `spacing` (the voxel size in mm of the
+    fixed grid, `(ndim,)`) and `fixed_affine` (its `(4, 4)` voxel-to-world matrix, or None).
+    `label_names` maps label values to structure names when the dataset gives them.
     """
 
     moving: str
     fixed: str
     load: Callable[[], dict[str, np.ndarray]]
+    label_names: dict[int, str] | None = None
 
 
-def file_pair(moving: Scan, fixed: Scan) -> PairSource:
+def voxel_spacing(affine, ndim: int) -> np.ndarray:
+    """Voxel sizes in mm along the first `ndim` axes of a `(4, 4)` voxel-to-world affine: the
+    lengths of its first `ndim` columns."""
+    return np.linalg.norm(np.asarray(affine, np.float64)[:3, :ndim], axis=0)
+
+
+def file_pair(moving: Scan, fixed: Scan, label_names=None) -> PairSource:
     """A pair of files, each an image with its label map (checked when loaded)."""
     for scan in (moving, fixed):
         if scan.label is None:
@@ -53,9 +69,13 @@ def file_pair(moving: Scan, fixed: Scan) -> PairSource:
             out[key] = image.array
             labels = load_label_map(scan.label, image, f"{key} label map").volume
             out[f"{key}_labels"] = labels.array
+            if key == "fixed":
+                ndim = image.array.ndim
+                out["fixed_affine"] = image.affine if image.has_affine else None
+                out["spacing"] = voxel_spacing(image.affine, ndim) if image.has_affine else None
         return out
 
-    return PairSource(str(moving.image), str(fixed.image), load)
+    return PairSource(str(moving.image), str(fixed.image), load, label_names)
 
 
 def dataset_pairs(dataset, to_atlas: bool = False) -> list[PairSource]:
@@ -65,13 +85,13 @@ def dataset_pairs(dataset, to_atlas: bool = False) -> list[PairSource]:
             raise ValueError(f"Dataset '{dataset.name}' has no atlas. Received: atlas=None")
         atlas = Path(dataset.atlas.image).resolve()
         scans = [s for s in dataset.scans if Path(s.image).resolve() != atlas]
-        return [file_pair(scan, dataset.atlas) for scan in scans]
+        return [file_pair(scan, dataset.atlas, dataset.label_names) for scan in scans]
     if not dataset.val_pairs:
         raise ValueError(
             f"Dataset '{dataset.name}' has no registration_val pairs: give a pairs CSV or an "
             "atlas. Received: val_pairs=[]"
         )
-    return [file_pair(m, f) for m, f in dataset.val_pairs]
+    return [file_pair(m, f, dataset.label_names) for m, f in dataset.val_pairs]
 
 
 def _csv_path(value: str, root: Path, csv_path: Path, line: int) -> Path:
@@ -138,7 +158,7 @@ def csv_pairs(path, dataset=None, label_dir=None) -> list[PairSource]:
             if label is None:
                 label = find_label(files[key], label_dir)
             scans.append(Scan(files[key], label))
-        pairs.append(file_pair(*scans))
+        pairs.append(file_pair(*scans, None if dataset is None else dataset.label_names))
     return pairs
 
 

@@ -16,10 +16,12 @@ from vxmtf.atomic import atomic_path
 __all__ = [
     "SERIES_COLOURS",
     "check_figures_available",
+    "group_structures",
     "plot_dice_boxes",
     "plot_dice_series",
     "plot_example",
     "save_figures",
+    "structure_of",
 ]
 
 
@@ -47,50 +49,88 @@ def _save(figure, path: Path) -> Path:
     return path
 
 
-def plot_dice_boxes(records: list[dict], path) -> Path:
+def plot_dice_boxes(records: list[dict], path, label_names=None) -> Path:
     """Box plot of Dice per structure, before (grey) and after (blue) registration, side by side
-    (as in Balakrishnan et al., IEEE TMI 2019, Fig. 5). NaN values are left out."""
+    (as in Balakrishnan et al., IEEE TMI 2019, Fig. 5). NaN values are left out; with
+    `label_names`, structures are named, left and right merged (`plot_dice_series`)."""
     series = {
         f"{when} registration": [{"label": r["label"], "dice": r[f"dice_{when}"]} for r in records]
         for when in ("before", "after")
     }
-    return plot_dice_series(series, path)
+    return plot_dice_series(series, path, label_names)
 
 
 #: Box colours of `plot_dice_series`, in the order of its series.
 SERIES_COLOURS = ("#b0b0b0", "#3b75af", "#d9822b", "#5aa05a", "#9467bd")
+#: Name prefixes of a hemisphere (LPBA40 writes "L superior frontal gyrus").
+_SIDES = ("l ", "r ", "left ", "right ", "lh ", "rh ", "left-", "right-", "lh-", "rh-")
 
 
-def plot_dice_series(series: dict, path) -> Path:
+def structure_of(name: str) -> str:
+    """A structure's name without its hemisphere prefix ("L superior frontal gyrus" ->
+    "superior frontal gyrus"), so that the left and right labels of one structure merge."""
+    lowered = name.lower()
+    for prefix in _SIDES:
+        if lowered.startswith(prefix) and len(name) > len(prefix):
+            return name[len(prefix) :].strip()
+    return name
+
+
+def group_structures(labels, label_names=None) -> dict[str, list[int]]:
+    """`{structure: [label, ...]}`: with names, labels whose names differ only by a hemisphere
+    prefix share a structure; without, one group per label, named by its value."""
+    groups: dict[str, list[int]] = {}
+    for label in sorted(labels):
+        name = (label_names or {}).get(label)
+        key = structure_of(name) if name else str(label)
+        groups.setdefault(key, []).append(label)
+    return groups
+
+
+def plot_dice_series(series: dict, path, label_names=None) -> Path:
     """Box plot of Dice per structure for several methods side by side.
+
+    One row per structure, sorted by the median Dice of the last series (best at the top),
+    boxes drawn horizontally so that names stay readable. With `label_names` (label value ->
+    name, e.g. a dataset JSON's `labels`), the left and right labels of a structure are merged
+    into one row (`group_structures`) and rows are named; without, one row per label value.
 
     Args:
         series: `{name: [{"label": int, "dice": float}, ...]}`, in drawing order (at most
             `len(SERIES_COLOURS)` series); NaN values are left out.
         path: the PNG to write.
+        label_names: `{label: name}` or None.
     """
     if not 1 <= len(series) <= len(SERIES_COLOURS):
         raise ValueError(
             f"Expected 1 to {len(SERIES_COLOURS)} series. Received: {len(series)} series"
         )
     figure_class, _ = _matplotlib()
-    labels = sorted({r["label"] for rows in series.values() for r in rows})
-    width = 0.8 / len(series)
-    figure = figure_class(figsize=(max(6.0, 0.16 * len(series) * len(labels) + 1.5), 4.0))
+    labels = {r["label"] for rows in series.values() for r in rows}
+    groups = group_structures(labels, label_names)
+
+    def values(rows, members):
+        return [r["dice"] for r in rows if r["label"] in members and not math.isnan(r["dice"])]
+
+    last = list(series.values())[-1]
+    order = sorted(
+        groups, key=lambda g: -np.median(values(last, groups[g]) or [-1.0])
+    )  # best first
+    height = 0.8 / len(series)
+    figure = figure_class(figsize=(8.0, max(3.0, 0.11 * len(series) * len(order) + 1.6)))
     ax = figure.add_subplot()
-    centres = np.arange(len(labels), dtype=float)
+    # Row r (0 = the best structure) is drawn at the top: y = len(order) - 1 - r.
+    centres = np.arange(len(order), dtype=float)[::-1]
     handles = []
     for index, (name, rows) in enumerate(series.items()):
-        per_label = [
-            [r["dice"] for r in rows if r["label"] == label and not math.isnan(r["dice"])]
-            for label in labels
-        ]
-        keep = [i for i, values in enumerate(per_label) if values]
-        shift = (index - (len(series) - 1) / 2) * width
+        per_group = [values(rows, groups[g]) for g in order]
+        keep = [i for i, v in enumerate(per_group) if v]
+        shift = ((len(series) - 1) / 2 - index) * height  # the first series on top in a row
         boxes = ax.boxplot(
-            [per_label[i] for i in keep],
+            [per_group[i] for i in keep],
             positions=centres[keep] + shift,
-            widths=0.9 * width,
+            widths=0.9 * height,
+            **_horizontal(),
             patch_artist=True,
             manage_ticks=False,
             flierprops={"marker": ".", "markersize": 3},
@@ -100,13 +140,14 @@ def plot_dice_series(series: dict, path) -> Path:
             patch.set_facecolor(SERIES_COLOURS[index])
         if boxes["boxes"]:
             handles.append((boxes["boxes"][0], name))
-    ax.set_xticks(centres)
-    ax.set_xticklabels([str(label) for label in labels], rotation=90 if len(labels) > 20 else 0)
-    ax.set_xlim(-0.7, len(labels) - 0.3)
-    ax.set_ylim(0.0, 1.0)
-    ax.set_xlabel("structure (label)")
-    ax.set_ylabel("Dice")
-    ax.grid(axis="y", alpha=0.3)
+    ax.set_yticks(centres)
+    merged = any(len(members) > 1 for members in groups.values())
+    ax.set_yticklabels(order, fontsize=7 if len(order) > 20 else 9)
+    ax.set_ylim(-0.7, len(order) - 0.3)
+    ax.set_xlim(0.0, 1.0)
+    ax.set_xlabel("Dice")
+    ax.set_ylabel("structure" + (" (left and right merged)" if merged else " (label)"))
+    ax.grid(axis="x", alpha=0.3)
     if handles:
         ax.legend(
             *zip(*handles, strict=True),
@@ -116,6 +157,14 @@ def plot_dice_series(series: dict, path) -> Path:
             frameon=False,
         )
     return _save(figure, Path(path))
+
+
+def _horizontal() -> dict:
+    # matplotlib 3.10 replaced boxplot's `vert` with `orientation` (and 3.11 deprecated `vert`).
+    import matplotlib
+
+    major, minor = (int(part) for part in matplotlib.__version__.split(".")[:2])
+    return {"orientation": "horizontal"} if (major, minor) >= (3, 10) else {"vert": False}
 
 
 def plot_example(example: dict, path, title="") -> Path:
@@ -171,7 +220,8 @@ def save_figures(evaluation, out_dir) -> list[Path]:
     """`dice_boxplot.png` and `example_pair.png` in `out_dir`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [plot_dice_boxes(evaluation.records, out_dir / "dice_boxplot.png")]
+    names = evaluation.label_names
+    paths = [plot_dice_boxes(evaluation.records, out_dir / "dice_boxplot.png", names)]
     if evaluation.example is not None:
         first = evaluation.pairs[0]
         title = (

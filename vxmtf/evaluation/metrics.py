@@ -31,12 +31,21 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from vxmtf.data.learn2reg import save_l2r_displacement
 from vxmtf.data.pairs import PairSource
-from vxmtf.metrics import dice, folding_fraction, jacobian_determinant, sdlogj
+from vxmtf.metrics import dice, folding_fraction, hd95, jacobian_determinant, sdlogj
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Evaluation", "evaluate", "evaluate_pair", "nanmean", "nanstd"]
+__all__ = [
+    "Evaluation",
+    "count_infinite",
+    "evaluate",
+    "evaluate_pair",
+    "finite_mean",
+    "nanmean",
+    "nanstd",
+]
 
 
 def nanmean(values) -> float:
@@ -44,6 +53,18 @@ def nanmean(values) -> float:
     values = np.asarray(values, np.float64)
     values = values[~np.isnan(values)]
     return float(values.mean()) if values.size else float("nan")
+
+
+def finite_mean(values) -> float:
+    """The mean of the finite values (NaN and inf left out; NaN if none): for HD95, which is
+    inf for a structure present in one map only (counted apart, see `count_infinite`)."""
+    values = np.asarray(values, np.float64)
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if values.size else float("nan")
+
+
+def count_infinite(values) -> int:
+    return int(np.isinf(np.asarray(values, np.float64)).sum())
 
 
 def nanstd(values) -> float:
@@ -60,13 +81,16 @@ class Evaluation:
     Attributes:
         records: one dict per (pair, label) with the `CSV_COLUMNS` keys.
         pairs: one dict per pair: `pair`, `moving`, `fixed`, `dice_before`, `dice_after`
-            (means over its labels, NaN left out), `folding_fraction`, `sdlogj`, `seconds`.
+            (means over its labels, NaN left out), `hd95_before`, `hd95_after` (means over its
+            labels of finite values), `folding_fraction`, `sdlogj`, `seconds`.
         example: middle slices of the first pair for `save_figures` (or None).
+        label_names: structure name of each label value (from the dataset), or None.
     """
 
     records: list[dict]
     pairs: list[dict]
     example: dict | None = None
+    label_names: dict | None = None
 
     def summary(self, model=None, data=None) -> dict:
         """The numbers `summary.json` holds (`vxmtf.evaluation.report.summarize`)."""
@@ -78,10 +102,14 @@ class Evaluation:
 def evaluate_pair(registrator, pair: dict, labels=None) -> tuple[dict, dict, dict]:
     """Registers one loaded pair and measures it.
 
+    `pair` holds `moving`, `fixed`, `moving_labels`, `fixed_labels` and optionally `spacing`
+    (the label grid's voxel size in mm; 1 mm when absent).
+
     Returns:
         `(dice_before, dice_after, metrics)`: two `{label: dice}` dicts over the same labels
         (`labels`, or every non-zero label of either map), and `folding_fraction`, `sdlogj`,
-        `seconds`, plus the arrays `moved`, `moved_labels`, `displacement`.
+        `seconds`, `hd95_before`, `hd95_after` (`{label: mm}`, `vxmtf.metrics.hd95`: inf for
+        a label in one map only), plus the arrays `moved`, `moved_labels`, `displacement`.
     """
     moving_labels, fixed_labels = pair["moving_labels"], pair["fixed_labels"]
     if labels is None:
@@ -98,12 +126,17 @@ def evaluate_pair(registrator, pair: dict, labels=None) -> tuple[dict, dict, dic
         "moved_labels": moved_labels,
         "displacement": result.displacement,
     }
+    spacing = pair.get("spacing")
+    metrics["hd95_before"] = hd95(moving_labels, fixed_labels, labels, spacing=spacing)
+    metrics["hd95_after"] = hd95(moved_labels, fixed_labels, labels, spacing=spacing)
     before = dice(moving_labels, fixed_labels, labels)
     after = dice(moved_labels, fixed_labels, labels)
     return before, after, metrics
 
 
-def evaluate(registrator, pairs: Sequence[PairSource], labels=None, progress=True) -> Evaluation:
+def evaluate(
+    registrator, pairs: Sequence[PairSource], labels=None, progress=True, l2r_out=None
+) -> Evaluation:
     """Registers and measures every pair (see the module docstring).
 
     Args:
@@ -111,13 +144,20 @@ def evaluate(registrator, pairs: Sequence[PairSource], labels=None, progress=Tru
         pairs: `PairSource`s, loaded one at a time.
         labels: the labels to score; None scores, per pair, every non-zero label of either map.
         progress: show a tqdm progress bar across pairs (on stderr).
+        l2r_out: a folder for each pair's displacement in the Learn2Reg submission format
+            (`vxmtf.data.learn2reg.save_l2r_displacement`: `disp_<fixed>_<moving>.npz`), or
+            None.
     """
     from tqdm.auto import tqdm
 
-    records, per_pair, example = [], [], None
-    for index, source in enumerate(tqdm(pairs, desc="pairs", unit="pair", disable=not progress)):
+    records, per_pair, example, names = [], [], None, {}
+    bar = tqdm(pairs, desc="registering pairs", unit="pair", disable=not progress)
+    for index, source in enumerate(bar):
         pair = source.load()
         before, after, metrics = evaluate_pair(registrator, pair, labels)
+        names.update(source.label_names or {})
+        if l2r_out is not None:
+            save_l2r_displacement(metrics["displacement"], l2r_out, source.fixed, source.moving)
         for label in before:
             records.append(
                 {
@@ -127,6 +167,9 @@ def evaluate(registrator, pairs: Sequence[PairSource], labels=None, progress=Tru
                     "label": label,
                     "dice_before": before[label],
                     "dice_after": after[label],
+                    "hd95_before": metrics["hd95_before"][label],
+                    "hd95_after": metrics["hd95_after"][label],
+                    "structure": names.get(label, ""),
                 }
             )
         per_pair.append(
@@ -136,6 +179,8 @@ def evaluate(registrator, pairs: Sequence[PairSource], labels=None, progress=Tru
                 "fixed": source.fixed,
                 "dice_before": nanmean(list(before.values())),
                 "dice_after": nanmean(list(after.values())),
+                "hd95_before": finite_mean(list(metrics["hd95_before"].values())),
+                "hd95_after": finite_mean(list(metrics["hd95_after"].values())),
                 "folding_fraction": metrics["folding_fraction"],
                 "sdlogj": metrics["sdlogj"],
                 "seconds": metrics["seconds"],
@@ -147,9 +192,10 @@ def evaluate(registrator, pairs: Sequence[PairSource], labels=None, progress=Tru
             per_pair[-1]["dice_before"],
             per_pair[-1]["dice_after"],
         )
+        bar.set_postfix(dice=f"{per_pair[-1]['dice_after']:.3f}")
         if example is None:
             example = _middle_slices({**pair, **metrics})
-    return Evaluation(records, per_pair, example)
+    return Evaluation(records, per_pair, example, names or None)
 
 
 def _middle_slices(arrays: dict) -> dict:

@@ -14,12 +14,24 @@ import math
 from pathlib import Path
 
 from vxmtf.atomic import atomic_write_text
-from vxmtf.evaluation.metrics import Evaluation, nanmean, nanstd
+from vxmtf.evaluation.metrics import Evaluation, count_infinite, finite_mean, nanmean, nanstd
 
 __all__ = ["CSV_COLUMNS", "format_summary", "read_results", "summarize", "write_results"]
 
-#: Columns of `dice.csv`, one row per (pair, label).
-CSV_COLUMNS = ("pair", "moving", "fixed", "label", "dice_before", "dice_after")
+#: Columns of `dice.csv`, one row per (pair, label). The first six are those of earlier
+#: versions; `hd95_*` are in mm (inf: the label is in one map only), `structure` is the label's
+#: name from the dataset (empty when unknown).
+CSV_COLUMNS = (
+    "pair",
+    "moving",
+    "fixed",
+    "label",
+    "dice_before",
+    "dice_after",
+    "hd95_before",
+    "hd95_after",
+    "structure",
+)
 
 
 def summarize(evaluation, model=None, data=None) -> dict:
@@ -29,13 +41,15 @@ def summarize(evaluation, model=None, data=None) -> dict:
     after = [p["dice_after"] for p in evaluation.pairs]
     seconds = [p["seconds"] for p in evaluation.pairs]
     labels = sorted({r["label"] for r in evaluation.records})
-    per_label = {
-        key: {
-            str(label): nanmean([r[key] for r in evaluation.records if r["label"] == label])
+
+    def per_label(key, mean):
+        return {
+            str(label): mean([r[key] for r in evaluation.records if r["label"] == label])
             for label in labels
         }
-        for key in ("dice_after", "dice_before")
-    }
+
+    hd95_after = [r["hd95_after"] for r in evaluation.records]
+    names = evaluation.label_names or {}
     timed = seconds[1:] if len(seconds) > 1 else seconds
     summary = {
         "model": None if model is None else str(model),
@@ -46,8 +60,15 @@ def summarize(evaluation, model=None, data=None) -> dict:
         "dice_before_std": nanstd(before),
         "dice_after_mean": nanmean(after),
         "dice_after_std": nanstd(after),
-        "dice_per_label": per_label["dice_after"],
-        "dice_per_label_before": per_label["dice_before"],
+        "dice_per_label": per_label("dice_after", nanmean),
+        "dice_per_label_before": per_label("dice_before", nanmean),
+        "hd95_before_mean": finite_mean([p["hd95_before"] for p in evaluation.pairs]),
+        "hd95_after_mean": finite_mean([p["hd95_after"] for p in evaluation.pairs]),
+        "hd95_after_std": nanstd([p["hd95_after"] for p in evaluation.pairs]),
+        "hd95_per_label": per_label("hd95_after", finite_mean),
+        "hd95_per_label_before": per_label("hd95_before", finite_mean),
+        "hd95_infinite": count_infinite(hd95_after),
+        "structures": {str(label): names[label] for label in labels if label in names},
         "folding_fraction_mean": nanmean([p["folding_fraction"] for p in evaluation.pairs]),
         "sdlogj_mean": nanmean([p["sdlogj"] for p in evaluation.pairs]),
         "seconds_per_pair": nanmean(timed),
@@ -95,10 +116,17 @@ def format_summary(summary: dict) -> str:
     def num(value, digits=3):
         return "  nan" if value is None else f"{value:.{digits}f}"
 
-    lines = [f"{'label':>8}  {'before':>7}  {'after':>7}"]
+    names = summary.get("structures") or {}
+    width = max([len(n) for n in names.values()] + [0])
+    hd95 = summary.get("hd95_per_label") or {}
+    lines = [
+        f"{'label':>8}  {'before':>7}  {'after':>7}  {'HD95 mm':>7}"
+        + ("  structure" if names else "")
+    ]
     for label, after in summary["dice_per_label"].items():
         before = summary["dice_per_label_before"][label]
-        lines.append(f"{label:>8}  {num(before):>7}  {num(after):>7}")
+        line = f"{label:>8}  {num(before):>7}  {num(after):>7}  {num(hd95.get(label), 2):>7}"
+        lines.append(line + (f"  {names.get(label, ''):<{width}}" if names else ""))
     timing = "first pair excluded" if summary["timing_excludes_first_pair"] else "with warm-up"
     folding = summary["folding_fraction_mean"]
     lines += [
@@ -108,12 +136,20 @@ def format_summary(summary: dict) -> str:
         f"{num(summary['dice_before_std'])}",
         f"Dice after  (mean ± std)   {num(summary['dice_after_mean'])} ± "
         f"{num(summary['dice_after_std'])}",
+        f"HD95 after  (mean ± std)   {num(summary.get('hd95_after_mean'), 2)} ± "
+        f"{num(summary.get('hd95_after_std'), 2)} mm (before "
+        f"{num(summary.get('hd95_before_mean'), 2)} mm)"
+        + (
+            f"; {summary['hd95_infinite']} structure(s) lost (inf, left out)"
+            if summary.get("hd95_infinite")
+            else ""
+        ),
         f"folding fraction (mean)    {num(folding, 5)}"
         + ("" if folding is None else f" ({100 * folding:.3f} % of voxels)"),
         f"SDlogJ (mean)              {num(summary['sdlogj_mean'])}",
         f"seconds per pair           {num(summary['seconds_per_pair'])} ({timing})",
         "Dice: per pair the mean over labels (NaN, a label absent from both maps, left out), "
-        "then mean ± std over pairs.",
+        "then mean ± std over pairs. HD95: 95th percentile of the surface distance in mm.",
     ]
     return "\n".join(lines)
 
@@ -148,6 +184,7 @@ def read_results(folder) -> tuple[dict, list[dict]]:
 def _parse_record(row: dict) -> dict:
     record = dict(row)
     record["pair"], record["label"] = int(row["pair"]), int(row["label"])
-    for key in ("dice_before", "dice_after"):
-        record[key] = float(row[key])
+    for key in ("dice_before", "dice_after", "hd95_before", "hd95_after"):
+        if key in row:  # hd95 columns: not in files of earlier versions
+            record[key] = float(row[key])
     return record
