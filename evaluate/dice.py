@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write each pair's displacement in the Learn2Reg submission format (3D)",
     )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    cli.add_registration_arguments(p)
     cli.add_verbose_argument(p)
     return p
 
@@ -87,7 +88,7 @@ def main(argv=None) -> int:
     try:
         if args.figures:
             evaluation.check_figures_available()
-        registrator = Registrator(args.model, config=args.config)
+        registrator = Registrator(args.model, config=args.config, **cli.registration_options(args))
         pairs, data = evaluation.select_pairs(
             registrator.config,
             data=args.data,
@@ -102,7 +103,11 @@ def main(argv=None) -> int:
             registrator, pairs, labels=args.labels, progress=args.progress, l2r_out=args.l2r_out
         )
         summary = evaluation.write_results(
-            result, args.out, model=registrator.model_path, data=data
+            result,
+            args.out,
+            model=registrator.model_path,
+            data=data,
+            settings=registrator.settings(),
         )
         figures = evaluation.save_figures(result, args.out) if args.figures else []
     except cli.BAD_INPUT as error:

@@ -9,8 +9,9 @@ the signature's tensors by graph name with `TF_SessionRun`.
 
 SPEC_JSON maps each signature to run to the graph names of its tensors (from the SignatureDef):
 `{signature: {"inputs": {key: "op:index"}, "outputs": {key: "op:index"}}}`. INPUTS_NPZ holds a
-float32 array `"<signature>.<key>"` per input; the outputs are written to OUTPUTS_NPZ under the
-same kind of name. Exits non-zero with the C API's message on failure.
+float32 array `"<signature>.<key>"` per input (a signature may have none, as `preprocessing`); the
+outputs (float32, int32 or bool) are written to OUTPUTS_NPZ under the same kind of name. Exits
+non-zero with the C API's message on failure.
 """
 
 import ctypes
@@ -20,6 +21,9 @@ import sys
 import numpy as np
 
 TF_FLOAT = 1  # TF_DataType values from tensorflow/c/tf_datatype.h
+TF_INT32 = 3
+TF_BOOL = 10
+DTYPES = {TF_FLOAT: np.float32, TF_INT32: np.int32, TF_BOOL: np.bool_}
 TF_OK = 0
 
 
@@ -87,12 +91,15 @@ def _to_tensor(lib, array):
 
 
 def _from_tensor(lib, tensor):
-    if lib.TF_TensorType(tensor) != TF_FLOAT:
-        raise SystemExit(f"Expected a float32 output, got TF_DataType {lib.TF_TensorType(tensor)}")
+    dtype = DTYPES.get(lib.TF_TensorType(tensor))
+    if dtype is None:
+        raise SystemExit(
+            f"Expected a float32, int32 or bool output, got TF_DataType {lib.TF_TensorType(tensor)}"
+        )
     shape = [lib.TF_Dim(tensor, k) for k in range(lib.TF_NumDims(tensor))]
     size = lib.TF_TensorByteSize(tensor)
     buffer = (ctypes.c_char * size).from_address(lib.TF_TensorData(tensor))
-    return np.frombuffer(bytes(buffer), dtype=np.float32).reshape(shape)
+    return np.frombuffer(bytes(buffer), dtype=dtype).reshape(shape)
 
 
 def run(library, export_dir, spec, inputs):

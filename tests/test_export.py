@@ -18,8 +18,17 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.python.framework import op_def_registry
 
 import vxmtf
-from vxmtf.export import export_saved_model, main, padding_multiple
+from vxmtf.data.preprocess import normalize_intensity
+from vxmtf.export import (
+    PREPROCESSING_ASSET,
+    export_saved_model,
+    main,
+    padding_multiple,
+    read_preprocessing,
+)
 from vxmtf.networks import Unet, VxmDense
+from vxmtf.registration import Registrator
+from vxmtf.training.config import DataConfig, ModelConfig, RunConfig
 
 SMALL = {"enc_features": (4, 8, 8, 8), "dec_features": (8, 8, 8, 8, 8, 4, 4)}
 CONFIG = {"int_steps": 3, "int_resolution": 2, **SMALL}  # pads to multiples of 16
@@ -38,11 +47,11 @@ def make_model(inshape=(16, 16, 16), seed=0, **config):
 
 
 def volumes(rng, batch, shape):
-    """A smooth-ish random (moving, fixed) pair, float32 `(batch, *shape, 1)`."""
-    pair = [
-        ndimage.gaussian_filter(rng.uniform(size=(batch, *shape, 1)), (0, 1, 1, 1, 0)) for _ in "mf"
-    ]
-    return [p.astype(np.float32) for p in pair]
+    """A smooth-ish random (moving, fixed) pair, float32 `(batch, *shape, 1)`, each sample
+    min-max normalised (so the default export's normalisation leaves it as it is, to rounding)."""
+    sigma = (0,) + (1,) * len(shape) + (0,)
+    pair = [ndimage.gaussian_filter(rng.uniform(size=(batch, *shape, 1)), sigma) for _ in "mf"]
+    return [np.stack([normalize_intensity(x) for x in p]) for p in pair]
 
 
 def keras_reference(model, moving, fixed, pads):
@@ -71,14 +80,23 @@ def signature_tensors(export_dir, signature):
     }
 
 
-def run_with_c_api(export_dir, inputs, tmp_path):
-    """Run signatures through TF's C library in a process without TensorFlow's Python package."""
+def run_with_c_api(export_dir, inputs, tmp_path, fetch=None):
+    """Run signatures through TF's C library in a process without TensorFlow's Python package.
+
+    `inputs` maps `"<signature>.<key>"` to arrays; `fetch` maps more signatures (without
+    inputs) to the outputs to fetch."""
     library = sorted(Path(tf.__file__).parent.glob("libtensorflow_cc.*"))
     if not library:
         pytest.skip(
             f"TensorFlow's C library (libtensorflow_cc.*) not found in {Path(tf.__file__).parent}"
         )
     spec = {name: signature_tensors(export_dir, name) for name in {k.split(".")[0] for k in inputs}}
+    for name, keys in (fetch or {}).items():
+        tensors = signature_tensors(export_dir, name)
+        spec[name] = {
+            "inputs": tensors["inputs"],
+            "outputs": {k: tensors["outputs"][k] for k in keys},
+        }
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     np.savez(tmp_path / "c_inputs.npz", **inputs)
     args = [sys.executable, str(LOADER), str(library[0]), str(export_dir)]
@@ -143,7 +161,7 @@ def test_failed_write_leaves_no_version(tmp_path, monkeypatch):
 
 def test_signatures(exported):
     loaded = tf.saved_model.load(str(exported))
-    assert set(loaded.signatures) == {"serving_default", "warp"}
+    assert set(loaded.signatures) == {"serving_default", "warp", "preprocessing"}
     serve = loaded.signatures["serving_default"]
     inputs = serve.structured_input_signature[1]
     assert set(inputs) == {"moving", "fixed"}
@@ -269,7 +287,7 @@ def test_c_api_loader_gives_the_python_outputs(exported, tmp_path):
 
 @pytest.mark.slow
 def test_xla_export_matches_and_loads_through_the_c_api(model, exported, tmp_path):
-    path = export_saved_model(model, tmp_path, jit_compile=True)
+    path = export_saved_model(model, tmp_path, jit_compile=True, tiled=False)
     saved_model = saved_model_pb2.SavedModel()
     saved_model.ParseFromString((path / "saved_model.pb").read_bytes())
     functions = saved_model.meta_graphs[0].graph_def.library.function
@@ -319,9 +337,7 @@ def test_2d_bidirectional_model(tmp_path):
     model = make_model((16, 16), **config)
     path = export_saved_model(model, tmp_path, model_name="vxm2d", version=3)
     assert path == tmp_path / "vxm2d" / "3"
-    moving, fixed = (
-        np.random.default_rng(5).uniform(size=(2, 20, 18, 1)).astype(np.float32) for _ in "mf"
-    )
+    moving, fixed = volumes(np.random.default_rng(5), 2, (20, 18))
     out = tf.saved_model.load(str(path)).signatures["serving_default"](moving=moving, fixed=fixed)
     assert set(out) == {"moved", "displacement"}
     reference = VxmDense((32, 32), **config)
@@ -402,3 +418,193 @@ def test_python_dash_m(model, tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     assert result.stdout.strip() == str(Path("out") / "vxm" / "1")
     assert (tmp_path / "out" / "vxm" / "1" / "saved_model.pb").is_file()
+
+
+# --- raw inputs: the run's preprocessing inside the graph ----------------------------------
+
+#: A run that normalises by percentiles and downsamples by 2 (pads the coarse grid to 16s).
+RAW_CONFIG = RunConfig(
+    data=DataConfig(downsample=2, normalize="percentile"), model=ModelConfig(**CONFIG)
+)
+
+
+def raw_volumes(rng, batch, shape):
+    """A pair of raw scans: `volumes` scaled and offset, differently for each sample."""
+    scale = np.array([1000.0, 3.0, 0.01][:batch]).reshape((batch,) + (1,) * (len(shape) + 1))
+    offset = np.array([50.0, -7.0, 2.0][:batch]).reshape(scale.shape)
+    return [(scale * x + offset).astype(np.float32) for x in volumes(rng, batch, shape)]
+
+
+@pytest.fixture(scope="module")
+def prepared(model, tmp_path_factory):
+    """Exports of `model` that prepare raw inputs as RAW_CONFIG's run: tiled and whole."""
+    base = tmp_path_factory.mktemp("prepared")
+    return {
+        tiled: export_saved_model(model, base, f"vxm_{tiled}", config=RAW_CONFIG, tiled=tiled)
+        for tiled in (True, False)
+    }
+
+
+def registrator_outputs(model, config, moving, fixed):
+    """`Registrator(model, config).register` of each sample: (displacement, moved) batched."""
+    registrator = Registrator(model, config)
+    results = [registrator.register(m[..., 0], f[..., 0]) for m, f in zip(moving, fixed)]  # noqa: B905
+    return np.stack([r.displacement for r in results]), np.stack([r.moved for r in results])
+
+
+@pytest.mark.parametrize("tiled", [True, False])
+def test_serves_raw_volumes_as_the_registrator(model, prepared, tiled):
+    serve = tf.saved_model.load(str(prepared[tiled])).signatures["serving_default"]
+    rng = np.random.default_rng(6)
+    for batch, shape in ((2, (21, 18, 23)), (1, (16, 24, 17))):
+        moving, fixed = raw_volumes(rng, batch, shape)
+        out = serve(moving=moving, fixed=fixed)
+        displacement, moved = registrator_outputs(model, RAW_CONFIG, moving, fixed)
+        assert np.abs(displacement).max() > 0.5  # a non-trivial field
+        assert out["displacement"].shape == (batch, *shape, 3)
+        np.testing.assert_allclose(out["displacement"], displacement, atol=1e-4)
+        np.testing.assert_allclose(out["moved"][..., 0], moved, atol=1e-4)
+
+
+def test_raw_serving_through_the_c_api(model, prepared, tmp_path):
+    moving, fixed = raw_volumes(np.random.default_rng(7), 2, (21, 18, 23))
+    labels = np.random.default_rng(8).integers(0, 5, size=(2, 21, 18, 23, 1)).astype(np.float32)
+    displacement, moved = registrator_outputs(model, RAW_CONFIG, moving, fixed)
+    inputs = {
+        "serving_default.moving": moving,
+        "serving_default.fixed": fixed,
+        "warp.image": labels,
+        "warp.displacement": displacement.astype(np.float32),
+    }
+    fetch = {"preprocessing": ["percentiles", "downsample", "multiple", "prepares_inputs"]}
+    out = run_with_c_api(prepared[True], inputs, tmp_path, fetch)
+    np.testing.assert_allclose(out["serving_default.displacement"], displacement, atol=1e-4)
+    np.testing.assert_allclose(out["serving_default.moved"][..., 0], moved, atol=1e-4)
+    registrator = Registrator(model, RAW_CONFIG)
+    expected = [registrator.warp_labels(x[..., 0], u) for x, u in zip(labels, displacement)]  # noqa: B905
+    np.testing.assert_array_equal(out["warp.warped"][..., 0], np.stack(expected))
+    np.testing.assert_array_equal(out["preprocessing.percentiles"], [1.0, 99.0])
+    assert out["preprocessing.downsample"] == 2 and out["preprocessing.multiple"] == 16
+    assert out["preprocessing.prepares_inputs"]
+
+
+def test_the_export_records_its_preprocessing(prepared, exported):
+    path = prepared[True]
+    assert (path / "assets" / PREPROCESSING_ASSET).is_file()
+    record = read_preprocessing(path)
+    assert record == json.loads((path / "assets" / PREPROCESSING_ASSET).read_text())
+    expected = {"normalize": "percentile", "percentiles": [1.0, 99.0], "downsample": 2}
+    expected.update(multiple=16, prepares_inputs=True, ndim=3, tiled=True, resize="pad")
+    assert {k: record[k] for k in expected} == expected
+    values = tf.saved_model.load(str(path)).signatures["preprocessing"]()
+    assert values["normalize"].numpy() == b"percentile"
+    assert values["downsample"].numpy() == 2 and values["multiple"].numpy() == 16
+    assert values["prepares_inputs"].numpy()
+    # Without a run configuration: min-max and no downsampling, as Registrator assumes.
+    default = read_preprocessing(exported)
+    assert (default["normalize"], default["downsample"], default["config"]) == ("minmax", 1, None)
+
+
+def test_a_registrator_on_the_export_prepares_nothing_twice(model, prepared):
+    moving, fixed = raw_volumes(np.random.default_rng(9), 1, (21, 18, 23))
+    expected = Registrator(model, RAW_CONFIG).register(moving[0, ..., 0], fixed[0, ..., 0])
+    registrator = Registrator(prepared[True], config=RAW_CONFIG)
+    assert registrator.predictor.prepares_inputs
+    result = registrator.register(moving[0, ..., 0], fixed[0, ..., 0])
+    np.testing.assert_allclose(result.displacement, expected.displacement, atol=1e-4)
+    np.testing.assert_allclose(result.moved, expected.moved, atol=1e-4)
+
+
+def test_bare_and_old_exports_are_prepared_by_the_registrator(model, tmp_path):
+    path = export_saved_model(model, tmp_path, config=RAW_CONFIG, preprocess=False)
+    record = read_preprocessing(path)
+    assert not record["prepares_inputs"] and record["downsample"] == 2
+    moving, fixed = raw_volumes(np.random.default_rng(10), 1, (21, 18, 23))
+    expected = Registrator(model, RAW_CONFIG).register(moving[0, ..., 0], fixed[0, ..., 0])
+    for _ in ("bare", "old"):
+        registrator = Registrator(path, config=RAW_CONFIG)
+        assert not registrator.predictor.prepares_inputs
+        result = registrator.register(moving[0, ..., 0], fixed[0, ..., 0])
+        np.testing.assert_allclose(result.displacement, expected.displacement, atol=1e-4)
+        np.testing.assert_allclose(result.moved, expected.moved, atol=1e-4)
+        # An export written before the record existed has no asset: the same path.
+        (path / "assets" / PREPROCESSING_ASSET).unlink(missing_ok=True)
+        assert read_preprocessing(path) is None
+
+
+def test_configuration_sources(model, tmp_path):
+    # A path of its config.json, and the one found beside a .keras file.
+    RAW_CONFIG.save(tmp_path / "run.json")
+    path = export_saved_model(model, tmp_path / "a", config=tmp_path / "run.json")
+    assert read_preprocessing(path)["config"] == str(tmp_path / "run.json")
+    model.save(tmp_path / "m.keras")
+    RAW_CONFIG.save(tmp_path / "m.config.json")
+    path = export_saved_model(tmp_path / "m.keras", tmp_path / "b")
+    assert read_preprocessing(path)["downsample"] == 2
+    # A model object exported into a run folder's export/ (as training does).
+    (tmp_path / "run").mkdir()
+    RAW_CONFIG.save(tmp_path / "run" / "config.json")
+    path = export_saved_model(model, tmp_path / "run" / "export")
+    assert read_preprocessing(path)["config"] == str(tmp_path / "run" / "config.json")
+    with pytest.raises(TypeError, match="Received: config=42"):
+        export_saved_model(model, tmp_path / "c", config=42)
+    with pytest.raises(ValueError, match="Received: tiled=True, jit_compile=True"):
+        export_saved_model(model, tmp_path / "c", jit_compile=True)
+    with pytest.raises(TypeError, match="Received: tiled="):
+        export_saved_model(model, tmp_path / "c", tiled="yes")
+    (tmp_path / "bad" / "assets").mkdir(parents=True)
+    (tmp_path / "bad" / "assets" / PREPROCESSING_ASSET).write_text("[1]")
+    with pytest.raises(ValueError, match="Expected a vxmtf preprocessing record"):
+        read_preprocessing(tmp_path / "bad")
+
+
+@pytest.mark.slow
+def test_pretrained_lpba40_pair_through_the_c_api(lpba40_dir, tmp_path):
+    """The shipped model on a real pair: raw scans (scaled, offset) through the C loader against
+    `vxmtf.registration.register_files` on the files."""
+    import nibabel as nib
+
+    from vxmtf.metrics.dice import dice
+    from vxmtf.registration import register_files
+
+    root = Path(__file__).resolve().parents[1]
+    model_path = root / "pretrained" / "vxm_lpba40.keras"
+    moving_file, fixed_file = (
+        lpba40_dir / "imagesTr" / f"LPBA40_{n:04d}_0000.nii.gz" for n in (1, 6)
+    )
+    labels_file, fixed_labels_file = (
+        lpba40_dir / "labelsTr" / f.name for f in (moving_file, fixed_file)
+    )
+    files = register_files(
+        model_path,
+        moving_file,
+        fixed_file,
+        tmp_path / "moved.nii.gz",
+        tmp_path / "warp.nii.gz",
+        moving_labels=labels_file,
+        moved_labels=tmp_path / "moved_labels.nii.gz",
+    )
+    assert not files.resampled
+    reference = np.asarray(nib.load(tmp_path / "warp.nii.gz").dataobj, np.float32)
+    reference_labels = np.asarray(nib.load(tmp_path / "moved_labels.nii.gz").dataobj)
+
+    path = export_saved_model(model_path, tmp_path / "models")  # config found beside the model
+    assert read_preprocessing(path)["downsample"] == 2
+    moving, fixed = (np.asarray(nib.load(f).dataobj, np.float32) for f in (moving_file, fixed_file))
+    assert moving.shape == (160, 192, 160)
+    inputs = {
+        "serving_default.moving": (3.0 * moving + 100.0)[None, ..., None],
+        "serving_default.fixed": (0.5 * fixed - 20.0)[None, ..., None],
+    }
+    displacement = run_with_c_api(path, inputs, tmp_path)["serving_default.displacement"][0]
+    assert np.abs(displacement - reference).mean() < 0.02
+    labels = np.asarray(nib.load(labels_file).dataobj)
+    warp_inputs = {
+        "warp.image": labels.astype(np.float32)[None, ..., None],
+        "warp.displacement": displacement[None],
+    }
+    warped = run_with_c_api(path, warp_inputs, tmp_path)["warp.warped"][0, ..., 0]
+    fixed_labels = np.asarray(nib.load(fixed_labels_file).dataobj)
+    served = np.nanmean(list(dice(warped.astype(labels.dtype), fixed_labels).values()))
+    expected = np.nanmean(list(dice(reference_labels, fixed_labels).values()))
+    assert abs(served - expected) < 0.003

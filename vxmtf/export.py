@@ -235,7 +235,7 @@ def _resolve_config(config, model_path, base_dir, name):
     if config is None:
         config = find_run_config(model_path) if model_path is not None else None
         if config is None:
-            config = find_run_config(base_dir) if base_dir.is_dir() else None
+            config = find_run_config(base_dir)
         if config is None:
             logger.warning(
                 "No config.json for model %s: the export assumes minmax normalisation and no "

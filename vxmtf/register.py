@@ -26,6 +26,15 @@ RAS world frame negated).
 
 Images of any size; moving and fixed on different grids (3D, both with affines) are resampled
 onto the fixed grid through their affines first (the pair must be affinely aligned already).
+
+--affine: raw scans (other scanners, voxel sizes, fields of view, head positions): an affine
+registration in world coordinates comes first, then the deformable model on the affinely
+aligned pair; --warp and --warp-mm hold the composed transform (moved[x] = moving[x + u[x]],
+the moving image placed by its own affine; antsApplyTransforms -t warp_mm.nii.gz alone
+reproduces --moved), --affine-transform the affine alone for ITK/ANTs.
+
+--refine-steps N: optimise the network's field further on the pair (the model's own image loss
+and lambda; a diffeomorphic model stays diffeomorphic): slower, more accurate.
 """
 
 
@@ -45,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--warp-mm", help="output: ITK/ANTs displacement in mm, LPS (.nii/.nii.gz, 3D only)"
     )
+    p.add_argument(
+        "--affine-transform",
+        metavar="PATH",
+        help="output: the affine alone as an ITK transform file (.txt/.tfm/.mat; needs --affine)",
+    )
+    cli.add_registration_arguments(p)
     cli.add_verbose_argument(p)
     return p
 
@@ -74,6 +89,8 @@ def main(argv=None) -> int:
             moved_labels=args.moved_labels,
             warp_mm=args.warp_mm,
             config=args.config,
+            affine_transform=args.affine_transform,
+            **cli.registration_options(args),
         )
     except cli.BAD_INPUT as error:
         return cli.report_error(error)

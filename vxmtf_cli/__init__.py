@@ -64,10 +64,12 @@ __all__ = [
     "EXIT_OK",
     "HelpFormatter",
     "add_model_arguments",
+    "add_registration_arguments",
     "add_verbose_argument",
     "onednn_enabled",
     "parse_args",
     "prepare_environment",
+    "registration_options",
     "import_tensorflow",
     "report_error",
     "run_main",
@@ -181,6 +183,61 @@ def add_model_arguments(parser, default=None, config=True):
             help="the run's config.json (default: <model>.config.json or config.json beside "
             "the model, or above its SavedModel export)",
         )
+
+
+def add_registration_arguments(parser):
+    """The options of `Registrator` beyond the model, shared by `vxmtf.register` and
+    `evaluate.dice`: the affine stage (`--affine`, ...) and test-time refinement
+    (`--refine-steps`, ...). `registration_options(args)` turns them into keyword arguments."""
+    group = parser.add_argument_group("affine stage (raw scans: before the deformable model)")
+    group.add_argument(
+        "--affine",
+        action="store_true",
+        help="register affinely first, in world coordinates from both files' affines",
+    )
+    group.add_argument(
+        "--affine-type",
+        choices=("affine", "similarity", "rigid"),
+        default="affine",
+        help="degrees of freedom: 12, 7 or 6 in 3D",
+    )
+    group.add_argument(
+        "--affine-metric",
+        choices=("ncc", "mse", "mi"),
+        default="ncc",
+        help="similarity of the affine stage (mi: mutual information, for other contrasts)",
+    )
+    group = parser.add_argument_group("test-time refinement (instance optimisation)")
+    group.add_argument(
+        "--refine-steps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="Adam steps optimising the network's field on each pair, on the model's own "
+        "objective (0: the network alone)",
+    )
+    group.add_argument(
+        "--refine-lr", type=float, default=None, metavar="LR", help="Adam step size (voxels)"
+    )
+    group.add_argument(
+        "--refine-coarse-steps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="Adam steps first, on a smooth update on a 2x coarser grid",
+    )
+
+
+def registration_options(args) -> dict:
+    """`refine` and `affine` keyword arguments of `Registrator` from `add_registration_arguments`
+    options."""
+    refine = {"steps": args.refine_steps, "coarse_steps": args.refine_coarse_steps}
+    if args.refine_lr is not None:
+        refine["learning_rate"] = args.refine_lr
+    affine = None
+    if args.affine:
+        affine = {"transform": args.affine_type, "metric": args.affine_metric}
+    return {"refine": refine, "affine": affine}
 
 
 def add_verbose_argument(parser):

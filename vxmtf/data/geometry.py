@@ -28,7 +28,11 @@ from vxmtf.data.io import Volume, file_kind, same_affine, save_volume
 __all__ = [
     "INTENT_VECTOR",
     "RAS_TO_LPS",
+    "apply_homogeneous",
+    "compose_displacement",
     "displacement_to_world",
+    "identity_points",
+    "sample_through",
     "grid_mapping",
     "resample_to_grid",
     "save_itk_displacement",
@@ -148,3 +152,62 @@ def save_itk_displacement(path, displacement_mm, affine, header=None) -> Path:
     header.set_intent(INTENT_VECTOR)
     field = np.asarray(displacement_mm, np.float32)[..., None, :]  # (X, Y, Z, 1, 3)
     return save_volume(path, field, affine, header)
+
+
+def apply_homogeneous(matrix, points) -> np.ndarray:
+    """`matrix @ (p, 1)` for points `(..., ndim)` and an `(ndim + 1, ndim + 1)` matrix."""
+    matrix = np.asarray(matrix, np.float64)
+    points = np.asarray(points, np.float64)
+    return points @ matrix[:-1, :-1].T + matrix[:-1, -1]
+
+
+def identity_points(shape) -> np.ndarray:
+    """Voxel coordinates of a grid: `(*shape, ndim)` float64, component k the index along k."""
+    return np.stack(np.meshgrid(*(np.arange(n) for n in shape), indexing="ij"), axis=-1).astype(
+        np.float64
+    )
+
+
+def compose_displacement(displacement, matrix) -> np.ndarray:
+    """The displacement of `x -> P (x + u(x))` on `u`'s grid: `w(x) = P (x + u(x)) - x`.
+
+    With `P = A_fixed^-1 T A_fixed` (`T` an affine world map, fixed to moving) and `u` the
+    deformable field on the fixed grid, `w` is the composed transform (first `u`, then the
+    affine) in fixed-grid voxels: the moving image placed in the world by its own affine is read
+    at fixed voxel `x + w(x)`.
+
+    Args:
+        displacement: `(*spatial, ndim)` in voxels.
+        matrix: `(ndim + 1, ndim + 1)` map of voxel coordinates of the same grid.
+
+    Returns:
+        `(*spatial, ndim)` float32.
+    """
+    displacement = np.asarray(displacement, np.float64)
+    points = identity_points(displacement.shape[:-1])
+    return (apply_homogeneous(matrix, points + displacement) - points).astype(np.float32)
+
+
+def sample_through(array, displacement, mapping, order: int, fill=None) -> np.ndarray:
+    """`out[x] = array[M (x + d(x))]`: an array on its own grid read at points of another.
+
+    Args:
+        array: `(*in_spatial)` volume (e.g. the moving image on its own grid).
+        displacement: `(*out_spatial, ndim)` in voxels of the output grid.
+        mapping: `(ndim + 1, ndim + 1)` map from output voxel to `array` voxel coordinates
+            (`A_moving^-1 A_fixed`).
+        order: 1 for N-linear interpolation (images), 0 for nearest (label maps).
+        fill: None clamps to the border (as `vxmtf.ops.warp`), else the value outside.
+
+    Returns:
+        `(*out_spatial)`, float32 for `order` 1, the array's dtype for `order` 0.
+    """
+    array = np.asarray(array)
+    points = identity_points(np.shape(displacement)[:-1]) + np.asarray(displacement, np.float64)
+    coords = np.moveaxis(apply_homogeneous(mapping, points), -1, 0)  # (ndim, *out_spatial)
+    source = array.astype(np.float32) if order == 1 else array
+    mode = "nearest" if fill is None else "grid-constant"
+    out = ndimage.map_coordinates(
+        source, coords, order=order, mode=mode, cval=0.0 if fill is None else fill
+    )
+    return out.astype(np.float32) if order == 1 else out.astype(array.dtype)

@@ -37,7 +37,8 @@ class PairSource:
 
     `load()` returns `moving`, `fixed` (float arrays `(*spatial)`), `moving_labels` and
     `fixed_labels` (integer arrays of the same shape), `spacing` (the voxel size in mm of the
-    fixed grid, `(ndim,)`) and `fixed_affine` (its `(4, 4)` voxel-to-world matrix, or None).
+    fixed grid, `(ndim,)`), `moving_affine` and `fixed_affine` (`(4, 4)` voxel-to-world
+    matrices, or None for files without one).
     `label_names` maps label values to structure names when the dataset gives them.
     """
 
@@ -69,9 +70,9 @@ def file_pair(moving: Scan, fixed: Scan, label_names=None) -> PairSource:
             out[key] = image.array
             labels = load_label_map(scan.label, image, f"{key} label map").volume
             out[f"{key}_labels"] = labels.array
+            out[f"{key}_affine"] = image.affine if image.has_affine else None
             if key == "fixed":
                 ndim = image.array.ndim
-                out["fixed_affine"] = image.affine if image.has_affine else None
                 out["spacing"] = voxel_spacing(image.affine, ndim) if image.has_affine else None
         return out
 

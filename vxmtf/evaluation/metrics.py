@@ -115,8 +115,16 @@ def evaluate_pair(registrator, pair: dict, labels=None) -> tuple[dict, dict, dic
     if labels is None:
         present = np.union1d(np.unique(moving_labels), np.unique(fixed_labels))
         labels = [int(v) for v in present if v != 0]
-    result = registrator.register(pair["moving"], pair["fixed"])
-    moved_labels = registrator.warp_labels(moving_labels, result.displacement)
+    if getattr(registrator, "affine", None) is not None:
+        # The affine stage places each image by its affine (identity for arrays without one).
+        eye = np.eye(4) if np.ndim(pair["fixed"]) == 3 else np.eye(3)
+        affines = [pair.get(f"{k}_affine") for k in ("moving", "fixed")]
+        affines = [eye if a is None else a for a in affines]
+        result = registrator.register(pair["moving"], pair["fixed"], *affines)
+        moved_labels = result.warp_moving(moving_labels, "nearest")
+    else:
+        result = registrator.register(pair["moving"], pair["fixed"])
+        moved_labels = registrator.warp_labels(moving_labels, result.displacement)
     jacdet = jacobian_determinant(result.displacement)
     metrics = {
         "folding_fraction": folding_fraction(jacdet),

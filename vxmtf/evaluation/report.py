@@ -34,7 +34,7 @@ CSV_COLUMNS = (
 )
 
 
-def summarize(evaluation, model=None, data=None) -> dict:
+def summarize(evaluation, model=None, data=None, settings=None) -> dict:
     """The numbers `summary.json` holds (see `vxmtf.evaluation.metrics` for the statistics):
     JSON-ready, NaN as None."""
     before = [p["dice_before"] for p in evaluation.pairs]
@@ -54,6 +54,7 @@ def summarize(evaluation, model=None, data=None) -> dict:
     summary = {
         "model": None if model is None else str(model),
         "data": None if data is None else str(data),
+        **(settings or {}),
         "pairs": len(evaluation.pairs),
         "labels": labels,
         "dice_before_mean": nanmean(before),
@@ -96,8 +97,9 @@ def _format(value) -> str:
     return str(value)
 
 
-def write_results(evaluation: Evaluation, out_dir, model=None, data=None) -> dict:
-    """Writes `dice.csv` and `summary.json` into `out_dir` (atomically); returns the summary."""
+def write_results(evaluation: Evaluation, out_dir, model=None, data=None, settings=None) -> dict:
+    """Writes `dice.csv` and `summary.json` into `out_dir` (atomically); returns the summary.
+    `settings` (e.g. `Registrator.settings()`: refinement, affine stage) go into the summary."""
     out_dir = Path(out_dir)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -105,7 +107,7 @@ def write_results(evaluation: Evaluation, out_dir, model=None, data=None) -> dic
     for record in evaluation.records:
         writer.writerow([_format(record[c]) for c in CSV_COLUMNS])
     atomic_write_text(out_dir / "dice.csv", buffer.getvalue())
-    summary = summarize(evaluation, model=model, data=data)
+    summary = summarize(evaluation, model=model, data=data, settings=settings)
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 

@@ -53,6 +53,7 @@ __all__ = [
     "min_slab",
     "slab_width",
     "tiled_displacement",
+    "tiled_flow",
 ]
 
 
@@ -85,6 +86,16 @@ def tiled_displacement(model, moving, fixed, slab=None, memory_budget=DEFAULT_ME
             `model.size_multiple`, or a model whose convolutions are not the 3^ndim "same"
             convolutions `VxmDense` builds.
     """
+    flow = tiled_flow(model, moving, fixed, slab, memory_budget)
+    # Stage D: the model's layers after the flow head.
+    return tf.cast(model.flow_to_displacement(flow), tf.float32)
+
+
+@tf.autograph.experimental.do_not_convert
+def tiled_flow(model, moving, fixed, slab=None, memory_budget=DEFAULT_MEMORY_BUDGET):
+    """The flow head's output of `model` (stages A to C of the module docstring), computed
+    slab by slab: `(batch, *spatial, ndim)` float32, before the velocity is resized and
+    integrated (`model.flow_to_displacement`). Arguments and errors as `tiled_displacement`."""
     net = _Stages(model)
     moving = tf.convert_to_tensor(moving)
     fixed = tf.convert_to_tensor(fixed)
@@ -115,8 +126,7 @@ def tiled_displacement(model, moving, fixed, slab=None, memory_budget=DEFAULT_ME
     pooled = _encode_level0(net, padded, size, slab)  # (batch, D / 2, *rest / 2, enc_0)
     coarse = net.unet.coarse_levels(pooled)  # (batch, D / 2, *rest / 2, dec_{L-1})
     flow = _decode_full_resolution(net, padded, coarse, size, slab)  # (batch, D, *rest, ndim)
-    # Stage D: the model's layers after the flow head.
-    return tf.cast(model.flow_to_displacement(flow), tf.float32)
+    return tf.cast(flow, tf.float32)
 
 
 def min_slab(model):

@@ -51,6 +51,7 @@ from vxmtf.data.geometry import (
     save_itk_displacement,
 )
 from vxmtf.data.io import Volume, file_kind, load_label_map, load_volume, save_volume
+from vxmtf.data.itk import write_itk_affine
 from vxmtf.registration.registrator import Registrator
 
 logger = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class RegisteredFiles:
     coverage: float
     seconds: float
     total_seconds: float
+    affine: object | None = None
 
     def summary(self) -> str:
         """One line with the pair, the grid and the timing, then the files written."""
@@ -89,7 +91,12 @@ class RegisteredFiles:
             f"registered {self.moving.name} -> {self.fixed.name} on the {size} fixed grid in "
             f"{self.seconds:.2f} s ({self.total_seconds:.2f} s with loading and writing)"
         )
-        if self.resampled:
+        if self.affine is not None:
+            line += (
+                f"; affine stage ({self.affine.transform}, {self.affine.metric}) "
+                f"{self.affine.seconds:.2f} s"
+            )
+        elif self.resampled:
             line += f"; moving resampled onto the fixed grid ({self.coverage:.0%} covered)"
         return "\n  ".join([line, *(f"{name}: {path}" for name, path in self.paths.items())])
 
@@ -122,6 +129,9 @@ def register_files(
     moved_labels=None,
     warp_mm=None,
     config=None,
+    affine=None,
+    affine_transform=None,
+    refine=None,
 ) -> RegisteredFiles:
     """Registers a moving image file onto a fixed one and writes the results on the fixed grid.
 
@@ -136,6 +146,13 @@ def register_files(
             (both or neither).
         warp_mm: optional destination of the ITK/ANTs displacement in mm (3D only).
         config: the run's `config.json` when it is not beside the model.
+        affine: run an affine stage first (`Registrator(affine=...)`: True or a dict of
+            `vxmtf.affine.register_affine` options); both images need affines. `warp` and
+            `warp_mm` then hold the composed transform (affine, then deformable).
+        affine_transform: optional destination of the affine alone as an ITK transform file
+            (`.txt`, `.tfm` or `.mat`; `vxmtf.data.itk.write_itk_affine`); needs `affine`.
+        refine: test-time refinement (`Registrator(refine=...)`), when `model` is not a
+            `Registrator` already.
 
     Returns:
         A `RegisteredFiles`.
@@ -161,7 +178,15 @@ def register_files(
     if moving_labels is not None:
         labels, label_dtype = load_label_map(moving_labels, moving_volume, "moving label map")
 
-    registrator = model if isinstance(model, Registrator) else Registrator(model, config=config)
+    if isinstance(model, Registrator):
+        registrator = model
+    else:
+        registrator = Registrator(model, config=config, refine=refine, affine=affine)
+    if affine_transform is not None and registrator.affine is None:
+        raise ValueError(
+            "An ITK affine transform file is written by the affine stage: expected the affine "
+            f"stage on. Received: affine_transform={affine_transform}, affine={affine}"
+        )
     for role, volume in (("moving", moving_volume), ("fixed", fixed_volume)):
         if volume.array.ndim != registrator.ndim:
             raise ValueError(
@@ -174,6 +199,17 @@ def register_files(
             f"ndim={registrator.ndim}"
         )
 
+    if registrator.affine is not None:
+        return _register_affine_files(
+            registrator,
+            moving_volume,
+            fixed_volume,
+            labels,
+            label_dtype,
+            outputs,
+            affine_transform,
+            start,
+        )
     mapping = grid_mapping(moving_volume, fixed_volume)
     moving_array, coverage = moving_volume.array, 1.0
     label_array = None if labels is None else labels.array
@@ -219,4 +255,48 @@ def register_files(
         coverage=coverage,
         seconds=result.seconds,
         total_seconds=time.perf_counter() - start,
+    )
+
+
+def _register_affine_files(
+    registrator, moving, fixed, labels, label_dtype, outputs, affine_transform, start
+) -> RegisteredFiles:
+    """`register_files` with the affine stage: the moving files are read on their own grid
+    through the composed transform."""
+    for volume in (moving, fixed):
+        if not volume.has_affine:
+            raise ValueError(
+                "The affine stage registers in world coordinates: expected a file with a "
+                f"voxel-to-world affine (NIfTI, or .npz with 'affine'). Received: {volume.path} "
+                "carries none"
+            )
+    names = (str(moving.path), str(fixed.path))
+    result = registrator.register(
+        moving.array, fixed.array, moving.affine, fixed.affine, names=names
+    )
+    grid, header = fixed.affine, fixed.header
+    paths = {
+        "moved": save_volume(outputs["moved"], result.moved, grid, header),
+        "warp": save_volume(outputs["warp"], result.displacement, grid, header),
+    }
+    if labels is not None:
+        warped = result.warp_moving(labels.array, "nearest")
+        paths["moved_labels"] = save_volume(
+            outputs["moved_labels"], warped, grid, header, dtype=label_dtype
+        )
+    if outputs.get("warp_mm") is not None:
+        field = displacement_to_world(result.displacement, grid, lps=True)
+        paths["warp_mm"] = save_itk_displacement(outputs["warp_mm"], field, grid, header)
+    if affine_transform is not None:
+        paths["affine_transform"] = write_itk_affine(affine_transform, result.affine.matrix)
+    return RegisteredFiles(
+        paths=paths,
+        moving=Path(moving.path),
+        fixed=Path(fixed.path),
+        shape=tuple(fixed.shape),
+        resampled=True,
+        coverage=float(result.affine.overlap),
+        seconds=result.seconds,
+        total_seconds=time.perf_counter() - start,
+        affine=result.affine,
     )

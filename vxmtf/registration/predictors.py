@@ -8,19 +8,30 @@ Each predictor maps a prepared pair, `moving` and `fixed` float32 `(1, *P, 1)` w
 - `TiledKerasPredictor`: the same displacement computed slab by slab along the first axis
   (`vxmtf.networks.tiled_displacement`), in a fraction of the memory;
 - `SavedModelPredictor`: the `serving_default` signature of a `vxmtf.export` SavedModel, which
-  pads and crops inside its graph (so `multiple` is 1).
+  pads and crops inside its graph (so `multiple` is 1). An export that records its preprocessing
+  (`vxmtf.export.read_preprocessing`, `prepares_inputs: true`) also normalises, downsamples and
+  resizes there: `Registrator` then feeds it the raw pair (`register_raw`) and prepares nothing.
+
+Keras predictors also give the network's field before integration (`field`: the model's
+`preint_flow`, a velocity at 1/`int_resolution` of the grid, or the displacement itself when
+`int_steps == 0`), which test-time refinement (`vxmtf.refine`) starts from.
 
 `make_predictor` chooses among them.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 
+from vxmtf.export import read_preprocessing
 from vxmtf.networks.loading import as_vxm_dense, float32_clone
-from vxmtf.networks.tiled import check_slab, default_slab, tiled_displacement
+from vxmtf.networks.tiled import check_slab, default_slab, tiled_displacement, tiled_flow
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["KerasPredictor", "SavedModelPredictor", "TiledKerasPredictor", "make_predictor"]
 
@@ -47,6 +58,17 @@ class KerasPredictor:
     def __call__(self, moving, fixed):
         return self._predict(moving, fixed)
 
+    def field(self, moving, fixed):
+        """The model's `preint_flow` for the pair: `(1, *P / r, ndim)` (r = `int_resolution`
+        when integrating, else 1)."""
+        if not hasattr(self, "_field"):
+            spec = tf.TensorSpec((None,) * (self.ndim + 1) + (1,), tf.float32)
+            self._field = tf.function(
+                lambda moving, fixed: self.model([moving, fixed], training=False)["preint_flow"],
+                input_signature=[spec, spec],
+            )
+        return self._field(moving, fixed)
+
 
 class TiledKerasPredictor(KerasPredictor):
     """A `VxmDense` computed slab by slab (`tiled_displacement`): the same displacement.
@@ -71,12 +93,34 @@ class TiledKerasPredictor(KerasPredictor):
         slab = self.slab or default_slab(tuple(moving.shape), self.model)
         return self._tiled(moving, fixed, tf.constant(slab, tf.int32))
 
+    def field(self, moving, fixed):
+        """`preint_flow` computed slab by slab (`vxmtf.networks.tiled_flow`)."""
+        if not hasattr(self, "_tiled_field"):
+            spec = tf.TensorSpec((None,) * (self.ndim + 1) + (1,), tf.float32)
+            self._tiled_field = tf.function(
+                lambda moving, fixed, slab: self.model.flow_to_velocity(
+                    tiled_flow(self.model, moving, fixed, slab=slab)
+                ),
+                input_signature=[spec, spec, tf.TensorSpec([], tf.int32)],
+            )
+        slab = self.slab or default_slab(tuple(moving.shape), self.model)
+        return self._tiled_field(moving, fixed, tf.constant(slab, tf.int32))
+
 
 class SavedModelPredictor:
     """The `serving_default(moving, fixed)` signature of a SavedModel written by `vxmtf.export`.
 
+    Attributes:
+        ndim: 2 or 3. `multiple`: 1 (the export pads inside its graph). `inshape`: None.
+        preprocessing: the export's record (`vxmtf.export.read_preprocessing`: a dict with
+            `normalize`, `percentiles`, `downsample`, `multiple`, ...) or None for an export
+            written before it existed.
+        prepares_inputs: True when the export normalises, downsamples and resizes inside its
+            graph: call `register_raw` with the raw pair, not `__call__` with a prepared one.
+
     Raises:
-        ValueError: the folder cannot be loaded, or has no such signature.
+        ValueError: the folder cannot be loaded, has no such signature, or holds an unreadable
+            preprocessing record.
     """
 
     inshape = None
@@ -84,6 +128,8 @@ class SavedModelPredictor:
 
     def __init__(self, path):
         path = Path(path)
+        self.preprocessing = read_preprocessing(path)
+        self.prepares_inputs = bool(self.preprocessing and self.preprocessing["prepares_inputs"])
         try:
             self._loaded = tf.saved_model.load(str(path))  # keeps the variables alive
         except Exception as error:  # TensorFlow raises many types for a bad SavedModel.
@@ -99,9 +145,26 @@ class SavedModelPredictor:
                 f"signature. Received: inputs={sorted(inputs)}"
             )
         self.ndim = inputs["moving"].shape.rank - 2
+        if self.prepares_inputs:
+            logger.info(
+                "%s prepares raw inputs itself (normalize=%s, downsample=%d): the run's "
+                "preprocessing is not applied again",
+                path,
+                self.preprocessing["normalize"],
+                self.preprocessing["downsample"],
+            )
 
     def __call__(self, moving, fixed):
+        """The displacement `(1, *P, ndim)` of a prepared pair `(1, *P, 1)` (an export that
+        does not prepare its inputs)."""
         return self._signature(moving=moving, fixed=fixed)["displacement"]
+
+    def register_raw(self, moving, fixed):
+        """`(displacement, moved)` of a raw pair `(*S)`: `(*S, ndim)` in voxels of that grid and
+        `(*S)` float32, computed entirely by the export's graph (`prepares_inputs`)."""
+        pair = [tf.constant(np.asarray(x, np.float32)[None, ..., None]) for x in (moving, fixed)]
+        out = self._signature(moving=pair[0], fixed=pair[1])
+        return out["displacement"].numpy()[0], out["moved"].numpy()[0, ..., 0]
 
 
 def make_predictor(model, tiled=True, slab=None):

@@ -28,9 +28,12 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from vxmtf.affine import register_affine
 from vxmtf.checks import check_bool
+from vxmtf.data.geometry import compose_displacement, resample_to_grid, sample_through
 from vxmtf.data.preprocess import PreprocessConfig, preprocess_image, resize_displacement
 from vxmtf.ops import warp, warp_rows
+from vxmtf.refine import RefineConfig, refine_field
 from vxmtf.registration.predictors import make_predictor
 from vxmtf.training.config import RunConfig
 from vxmtf.training.run_folder import find_run_config, load_run_config, resolve_model_path
@@ -45,15 +48,34 @@ class Registration:
     """The result of registering one pair.
 
     Attributes:
-        displacement: `(*spatial, ndim)` float32 on the input grid, in its voxels.
+        displacement: `(*spatial, ndim)` float32 on the fixed grid, in its voxels. With an
+            affine stage, the composed transform (the deformable field, then the affine).
         moved: `(*spatial)` float32, the moving image (its own intensities, not normalised)
-            warped N-linearly by `displacement`, border clamped.
-        seconds: wall time of the registration (preprocessing, model, resizing, warp).
+            read N-linearly at `x + displacement[x]`, border clamped.
+        seconds: wall time of the registration (affine stage, preprocessing, model,
+            refinement, resizing, warp).
+        mapping: None when moving and fixed share a grid; else the `(ndim + 1, ndim + 1)` map
+            from fixed voxel to moving voxel coordinates (`A_moving^-1 A_fixed`): the moving
+            image is read at `mapping (x + displacement[x])` (`warp_moving`).
+        affine: the `vxmtf.affine.AffineResult` of the affine stage, or None.
+        refinement: the loss history of test-time refinement (`vxmtf.refine.refine_field`),
+            or None.
     """
 
     displacement: np.ndarray
     moved: np.ndarray
     seconds: float
+    mapping: np.ndarray | None = None
+    affine: object | None = None
+    refinement: dict | None = None
+
+    def warp_moving(self, array, interpolation="linear"):
+        """A volume of the moving grid (image, or label map with "nearest") read through this
+        registration onto the fixed grid; label maps are 0 outside the moving field of view."""
+        if self.mapping is None:
+            return warp_volume(array, self.displacement, interpolation)
+        order = 1 if interpolation == "linear" else 0
+        return sample_through(array, self.displacement, self.mapping, order, None if order else 0)
 
 
 def warp_volume(image, displacement, interpolation="linear", rows=None):
@@ -109,6 +131,14 @@ class Registrator:
             default network); None chooses it per input shape with `default_slab` (at most
             about 0.4 GB of full-resolution working tensors per slab, and at least 4 slabs:
             18 rows at 160x192x224, 20 at 80x96x112).
+        refine: test-time refinement of the network's field on each pair (`vxmtf.refine`): a
+            `RefineConfig`, a dict of its fields, or an int (its `steps`); None or 0: the
+            network alone. The objective is the model's (its run's image loss, window and
+            lambda; `int_steps` and `int_resolution` of the model itself). Keras models only.
+        affine: an affine stage before the deformable model (`vxmtf.affine.register_affine`,
+            in world coordinates from both volumes' affines): True, or a dict of its keyword
+            arguments (`transform`, `metric`, ...); None or False: the pair is affinely aligned
+            already.
 
     Attributes:
         ndim: 2 or 3. `downsample`, `normalize`: the run's preprocessing.
@@ -121,11 +151,12 @@ class Registrator:
         FileNotFoundError, ValueError: the model or configuration is missing or unreadable.
         TypeError: a `.keras` file holding something else than a `VxmDense`, or `tiled` not a
             bool.
-        ValueError: a `slab` below the model's minimum, or a `slab` without tiling (`tiled`
-            False or a SavedModel).
+        ValueError: a `slab` below the model's minimum, a `slab` without tiling (`tiled`
+            False or a SavedModel), bad refinement or affine options, or refinement with a
+            SavedModel.
     """
 
-    def __init__(self, model, config=None, tiled=True, slab=None):
+    def __init__(self, model, config=None, tiled=True, slab=None, refine=None, affine=None):
         check_bool("tiled", tiled)
         if slab is not None and not tiled:
             raise ValueError(
@@ -156,6 +187,21 @@ class Registrator:
         self.ndim = self.predictor.ndim
         self.multiple = self.predictor.multiple
         self.inshape = self.predictor.inshape
+        self.refine = _refine_config(refine)
+        if self.refine.enabled and not hasattr(self.predictor, "model"):
+            raise ValueError(
+                "Test-time refinement optimises the network's field, which a SavedModel does "
+                "not return: expected a .keras model (or a run folder) for refinement. "
+                f"Received: model={self.model_path}, refine_steps={self.refine.steps}"
+            )
+        self.affine = _affine_options(affine)
+
+    def settings(self) -> dict:
+        """What this registrator does beyond the network, for reports (`summary.json`)."""
+        return {
+            "refine": self.refine.to_dict() if self.refine.enabled else None,
+            "affine": self.affine,
+        }
 
     @property
     def preprocess(self) -> PreprocessConfig:
@@ -185,31 +231,134 @@ class Registrator:
                 f"Received: shape={np.shape(moving)}"
             )
 
-    def register(self, moving, fixed) -> Registration:
-        """Registers `moving` onto `fixed`, two arrays of the same shape `(*spatial)`.
+    def register(
+        self, moving, fixed, moving_affine=None, fixed_affine=None, names=None
+    ) -> Registration:
+        """Registers `moving` onto `fixed`, two arrays of the same shape `(*spatial)`; with an
+        affine stage, volumes of any grids with their voxel-to-world `(4, 4)` affines (`names`:
+        how the affine stage's errors name the two, e.g. their files).
 
         Returns:
-            A `Registration` with the displacement on the input grid and the moved image.
+            A `Registration` with the displacement on the fixed grid and the moved image.
+
+        Raises:
+            ValueError: volumes of the wrong rank or of different shapes (without an affine
+                stage), affines missing for the affine stage, or a failed affine stage.
         """
         start = time.perf_counter()
+        if self.affine is not None:
+            names = names or ("moving", "fixed")
+            return self._register_affine(moving, fixed, moving_affine, fixed_affine, names, start)
+        return self._register_aligned(moving, fixed, start)
+
+    def _register_aligned(self, moving, fixed, start) -> Registration:
+        """The deformable registration of a pair on one grid (the network, refined)."""
         self.check_pair(moving, fixed)
+        if getattr(self.predictor, "prepares_inputs", False):
+            # The SavedModel normalises, downsamples, registers, resizes and warps in its graph.
+            displacement, moved = self.predictor.register_raw(moving, fixed)
+            return Registration(displacement, moved, time.perf_counter() - start)
         shape = np.shape(fixed)
         preprocess = self.preprocess
         prepared = []
         for image in (moving, fixed):
             array, padding = preprocess_image(image, preprocess)
             prepared.append(tf.constant(array[None, ..., None]))
-        displacement = self.predictor(*prepared).numpy()[0]  # (*P, ndim)
-        displacement = padding.undo(displacement)  # (*C, ndim)
+        history = None
+        if self.refine.enabled:
+            displacement, history = self._refined(*prepared)
+        else:
+            displacement = self.predictor(*prepared)
+        displacement = padding.undo(displacement.numpy()[0])  # (*P, ndim) -> (*C, ndim)
         displacement = resize_displacement(displacement, shape, self.downsample)
         moved = warp_volume(moving, displacement, rows=warp_rows(shape) if self.tiled else None)
-        return Registration(displacement, moved, time.perf_counter() - start)
+        return Registration(displacement, moved, time.perf_counter() - start, refinement=history)
+
+    def _refined(self, moving, fixed):
+        """The network's field for the prepared pair, refined on it (`vxmtf.refine`)."""
+        model = self.predictor.model
+        options = self.refine.kwargs(self.config)
+        coarse = model.int_steps > 0 and model.int_resolution > 1
+        options.update(
+            int_steps=model.int_steps, grad_mult=float(model.int_resolution) if coarse else 1.0
+        )
+        field = self.predictor.field(moving, fixed)
+        _, displacement, history = refine_field(moving, fixed, field, **options)
+        return displacement, history
+
+    def _register_affine(self, moving, fixed, moving_affine, fixed_affine, names, start):
+        """The affine stage, then the deformable registration of the affinely aligned pair on
+        the fixed grid; the result holds the composed field (`Registration`)."""
+        for name, image, matrix in (
+            ("moving", moving, moving_affine),
+            ("fixed", fixed, fixed_affine),
+        ):
+            if np.ndim(image) != self.ndim:
+                raise ValueError(
+                    f"The model registers {self.ndim}D volumes; expected `{name}` of rank "
+                    f"{self.ndim}. Received: {name}.shape={np.shape(image)}"
+                )
+            if matrix is None:
+                raise ValueError(
+                    f"The affine stage works in world coordinates: expected `{name}_affine`, "
+                    f"the voxel-to-world matrix of `{name}`. Received: {name}_affine=None"
+                )
+        options = {"names": names, **self.affine}
+        affine = register_affine(moving, moving_affine, fixed, fixed_affine, **options)
+        voxel_map = affine.voxel_matrix()  # fixed voxel -> moving voxel
+        source = np.asarray(moving, np.float32)
+        aligned = resample_to_grid(source, voxel_map, np.shape(fixed), 1, float(source.min()))
+        deformable = self._register_aligned(aligned, fixed, start)
+        # Fixed voxel x -> P (x + u(x)) in fixed voxels, P = A_fixed^-1 T A_fixed.
+        fixed_frame = np.linalg.inv(affine.fixed_affine) @ affine.matrix @ affine.fixed_affine
+        composed = compose_displacement(deformable.displacement, fixed_frame)
+        mapping = np.linalg.inv(affine.moving_affine) @ affine.fixed_affine
+        moved = sample_through(source, composed, mapping, order=1)
+        return Registration(
+            composed,
+            moved,
+            time.perf_counter() - start,
+            mapping=mapping,
+            affine=affine,
+            refinement=deformable.refinement,
+        )
 
     #: `warp_volume`, also reachable as a static method.
     warp = staticmethod(warp_volume)
 
-    def warp_labels(self, labels, displacement):
+    def warp_labels(self, labels, displacement, mapping=None):
         """Nearest-neighbour warp of a label map, keeping its dtype (labels are never mixed);
-        by chunks of rows when `tiled` (`warp_rows`)."""
+        by chunks of rows when `tiled` (`warp_rows`). With a `mapping` (`Registration.mapping`:
+        the label map lies on the moving grid), read through it, 0 outside."""
+        if mapping is not None:
+            return sample_through(labels, displacement, mapping, order=0, fill=0)
         rows = warp_rows(np.shape(labels)) if self.tiled else None
         return warp_volume(labels, displacement, interpolation="nearest", rows=rows)
+
+
+def _refine_config(refine) -> RefineConfig:
+    if refine is None:
+        return RefineConfig()
+    if isinstance(refine, RefineConfig):
+        return refine
+    if isinstance(refine, dict):
+        return RefineConfig.from_dict(refine)
+    if isinstance(refine, int) and not isinstance(refine, bool):
+        return RefineConfig(steps=refine)
+    raise TypeError(
+        "`refine` must be None, a number of steps, a RefineConfig or a dict of its fields. "
+        f"Received: refine={refine!r}"
+    )
+
+
+def _affine_options(affine) -> dict | None:
+    if affine is None or affine is False:
+        return None
+    if affine is True:
+        return {}
+    if isinstance(affine, dict):
+        return dict(affine)
+    raise TypeError(
+        "`affine` must be None, True or False, or a dict of vxmtf.affine.register_affine "
+        f"keyword arguments. Received: affine={affine!r}"
+    )
