@@ -18,6 +18,7 @@ from vxmtf.networks.loading import load_vxm_dense
 from vxmtf.training.checkpoint import ModelSaver, StateCallback, TrainingState
 from vxmtf.training.config import RunConfig
 from vxmtf.training.data import TrainingData
+from vxmtf.training.images import RegistrationImages
 from vxmtf.training.run_folder import RunFolder
 from vxmtf.training.strategy import is_chief, make_strategy
 
@@ -82,6 +83,12 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy | None = None) -> 
             keras.callbacks.CSVLogger(str(run.history), append=initial_epoch > 0),
             keras.callbacks.TensorBoard(str(run.logs), write_graph=False),
         ]
+        if val_ds is not None:  # the first validation pair, registered each epoch
+            pair, _ = next(iter(val_ds.take(1)))
+            images = run.logs / "images"
+            callbacks.append(
+                RegistrationImages(model, pair["moving"][:1], pair["fixed"][:1], images)
+            )
     history = {}
     if initial_epoch < cfg.epochs:
         fit = trainer_model.fit(
