@@ -4,6 +4,8 @@
     python -m benchmarks --quick                 # tiny sizes, 2 repeats (smoke test)
     python -m benchmarks --cases 'train-80*' peak --repeats 7
     python -m benchmarks --list                  # the case names
+    python -m benchmarks --cases serve-160x192x224-int7 serve-160x192x224-int7+untiled
+                                                 # serving an export, tiled and whole
     python -m benchmarks ncc [--jit] [...]       # the NCC micro-benchmark (bench_ncc.py)
 
 Each case runs in its own process (`python -m benchmarks.case NAME`), one after the other.

@@ -6,14 +6,17 @@ Case names (see `parse_case`):
     register-160x192x224-int0  registration of one pair with vxmtf.registration.Registrator
                                (tiled, the package's default; +untiled: the whole network at once)
     tilecost-160x192x224-int0  tiled and untiled registration timed alternately in one process
+    serve-160x192x224-int7     serving_default of a vxmtf.export SavedModel on raw volumes
+                               (tiled, the export's default; +untiled: the whole network)
+    servecost-160x192x224-int7 tiled and whole serving timed alternately in one process
     breakdown-80x96x112-int7   a training step timed part by part
     pipeline-ds2               the tf.data pipeline on LPBA40, downsampled 2x
     peak                       the machine's float32 matmul and Conv3D throughput
 
 `train` and `breakdown` names take optional suffixes `+xla` (compile with XLA,
-`jit_compile=True`) and `+bf16` (Keras policy `mixed_bfloat16`); `register` names take
-`+untiled` (the `Registrator` always computes in float32). The peak resident memory of
-the process (`ru_maxrss`, which includes TensorFlow itself) is added to the result, in GB
+`jit_compile=True`) and `+bf16` (Keras policy `mixed_bfloat16`); `register` and `serve` names
+take `+untiled` (the `Registrator` and the export always compute in float32). The peak resident
+memory of the process (`ru_maxrss`, which includes TensorFlow itself) is added to the result, in GB
 (10^9 bytes). The harness (`python -m benchmarks`) runs every case in its own process.
 """
 
@@ -29,10 +32,15 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-KINDS = ("train", "register", "tilecost", "breakdown", "pipeline", "peak")
+KINDS = ("train", "register", "serve", "servecost", "tilecost", "breakdown", "pipeline", "peak")
 FLAGS = ("xla", "bf16", "untiled")
 #: The flags each kind accepts.
-KIND_FLAGS = {"train": ("xla", "bf16"), "breakdown": ("xla", "bf16"), "register": ("untiled",)}
+KIND_FLAGS = {
+    "train": ("xla", "bf16"),
+    "breakdown": ("xla", "bf16"),
+    "register": ("untiled",),
+    "serve": ("untiled",),
+}
 DEFAULT_DATASET = "/work/shared/data/LPBA40/LPBA40_dataset.json"
 
 
@@ -41,7 +49,8 @@ def parse_case(name):
 
     Returns:
         A dict with `kind` and, by kind, `shape` (tuple), `int_steps`, `xla`, `bf16`,
-        `untiled` (train/register/tilecost/breakdown) or `downsample` (pipeline).
+        `untiled` (train/register/serve/servecost/tilecost/breakdown) or `downsample`
+        (pipeline).
 
     Raises:
         ValueError: a name that does not follow the grammar of the module docstring.
@@ -51,7 +60,7 @@ def parse_case(name):
     kind = parts[0]
     spec = {"name": name, "kind": kind}
     try:
-        if kind in ("train", "register", "tilecost", "breakdown"):
+        if kind in ("train", "register", "serve", "servecost", "tilecost", "breakdown"):
             _, shape, steps = parts
             if not steps.startswith("int") or set(flags) - set(KIND_FLAGS.get(kind, ())):
                 raise ValueError
@@ -68,7 +77,8 @@ def parse_case(name):
     except ValueError:
         raise ValueError(
             "Expected a case name like train-80x96x112-int7[+xla][+bf16], "
-            "register-160x192x224-int0[+untiled], tilecost-160x192x224-int0, "
+            "register-160x192x224-int0[+untiled], serve-160x192x224-int7[+untiled], "
+            "servecost-160x192x224-int7, tilecost-160x192x224-int0, "
             "breakdown-80x96x112-int7[+xla][+bf16], pipeline-ds2 or peak. "
             f"Received: {name!r}"
         ) from None
@@ -97,6 +107,12 @@ def run_case(spec, repeats, warmup, quick=False, dataset=DEFAULT_DATASET):
         return workloads.register_workload(
             spec["shape"], spec["int_steps"], repeats, warmup, tiled=not spec["untiled"]
         )
+    if kind == "serve":
+        return workloads.serve_workload(
+            spec["shape"], spec["int_steps"], repeats, warmup, tiled=not spec["untiled"]
+        )
+    if kind == "servecost":
+        return workloads.serve_cost_workload(spec["shape"], spec["int_steps"], repeats, warmup)
     if kind == "tilecost":
         return workloads.tiling_cost_workload(spec["shape"], spec["int_steps"], repeats, warmup)
     if kind == "breakdown":

@@ -10,6 +10,7 @@ trace, compile and allocate.
 from __future__ import annotations
 
 import statistics
+import tempfile
 import time
 
 import numpy as np
@@ -31,6 +32,8 @@ __all__ = [
     "pipeline_workload",
     "random_pair",
     "register_workload",
+    "serve_cost_workload",
+    "serve_workload",
     "tiling_cost_workload",
     "time_calls",
     "train_workload",
@@ -140,6 +143,74 @@ def register_workload(shape, int_steps, repeats, warmup, tiled=True, slab=None):
     result["tiled"] = tiled
     if tiled:
         result["slab"] = slab or default_slab((1, *shape, 1), model)
+    return result
+
+
+def _exported_server(shape, int_steps, folder, tiled):
+    """`serving_default` of the default model at `shape` (random weights, min-max, no
+    downsampling) exported to `folder` and loaded back, and a raw `(moving, fixed)` pair."""
+    from vxmtf.export import export_saved_model
+
+    model = VxmDense(tuple(shape), int_steps=int_steps, name="vxm_dense")
+    config = RunConfig(model=ModelConfig(int_steps=int_steps))  # min-max, no downsampling
+    path = export_saved_model(model, folder, f"vxm_{tiled}", config=config, tiled=tiled)
+    serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+
+    def request(moving, fixed):
+        out = serve(moving=moving, fixed=fixed)
+        return out["displacement"].numpy().ravel()[:1], out["moved"].numpy().ravel()[:1]
+
+    return request
+
+
+def _raw_pair(shape):
+    """`random_pair` scaled and offset like scanner intensities (the export normalises)."""
+    return tuple(1000.0 * x.numpy() + 50.0 for x in random_pair(shape))
+
+
+def serve_workload(shape, int_steps, repeats, warmup, tiled=True):
+    """Seconds per `serving_default` call of a `vxmtf.export` SavedModel on one raw pair.
+
+    The default VoxelMorph model at `shape` (random weights) is exported with a default run
+    configuration (min-max normalisation, no downsampling), loaded back with
+    `tf.saved_model.load` and called on a pair of `(1, *shape, 1)` float32 volumes scaled and
+    offset like scanner intensities: the request a model server runs, normalisation, network
+    and warp of the moving image included (results back in NumPy). `tiled` chooses the
+    export's slab-wise network and row-chunked warps (the default) or the whole graph.
+    """
+    moving, fixed = _raw_pair(shape)
+    with tempfile.TemporaryDirectory() as folder:
+        request = _exported_server(shape, int_steps, folder, tiled)
+        result = time_calls(lambda: request(moving, fixed), repeats, warmup)
+    result["tiled"] = tiled
+    if tiled:
+        result["slab"] = default_slab((1, *shape, 1), VxmDense(tuple(shape), int_steps=int_steps))
+    return result
+
+
+def serve_cost_workload(shape, int_steps, repeats, warmup):
+    """Tiled against whole serving, timed alternately in one process (as
+    `tiling_cost_workload`): `{"tiled": ..., "untiled": ...}` times and `"ratio"`, the median
+    of the per-repeat tiled / whole ratios. The peak memory holds both exports."""
+    moving, fixed = _raw_pair(shape)
+    with tempfile.TemporaryDirectory() as folder:
+        calls = {
+            "tiled": _exported_server(shape, int_steps, folder, True),
+            "untiled": _exported_server(shape, int_steps, folder, False),
+        }
+        for request in calls.values():
+            for _ in range(warmup):
+                request(moving, fixed)
+        times = {name: [] for name in calls}
+        for repeat in range(repeats):
+            order = list(calls) if repeat % 2 == 0 else list(calls)[::-1]
+            for name in order:
+                start = time.perf_counter()
+                calls[name](moving, fixed)
+                times[name].append(time.perf_counter() - start)
+    result = {name: {"median": statistics.median(t), "times": t} for name, t in times.items()}
+    pairs = zip(times["tiled"], times["untiled"], strict=True)
+    result["ratio"] = statistics.median(t / u for t, u in pairs)
     return result
 
 
