@@ -74,6 +74,15 @@ def test_command_line_writes_evaluate_dice_files_and_comparison(tmp_path):
     assert "| again |" in table and "| ANTs SyN |" in table and "affine only" in table
     assert (out / "comparison_boxplot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main([*args, "--skip-ants", "--method", "no-equals-sign"]) == 2
+    # Resumable per pair: a pair already done is read back, not registered again.
+    done = out / "pairs" / "0000.json"
+    part = json.loads(done.read_text())
+    for record in part["records"]:
+        record["dice_after"] = 0.125
+    part["pairs"][0]["dice_after"] = 0.125
+    done.write_text(json.dumps(part))
+    assert main([*args, "--iterations", "30", "10"]) == 0
+    assert json.loads((out / "summary.json").read_text())["dice_after_mean"] == 0.125
 
 
 def test_table_formats_missing_values():
