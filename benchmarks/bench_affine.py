@@ -1,7 +1,8 @@
 """Accuracy, speed and capture range of `vxmtf.affine.register_affine` on LPBA40, beside ANTs.
 
     python -m benchmarks.bench_affine --data ../shared/data/LPBA40/LPBA40_dataset.json \\
-        --out benchmarks/results/affine [--pairs 3] [--ants] [--capture]
+        --out benchmarks/results/affine [--pairs 3] [--ants] [--capture] \\
+        [--model pretrained/vxm_lpba40.keras [--save-moving DIR]] [--no-pairs]
 
 For each of the first `--pairs` `registration_val` pairs, a known random world map `S` (seeded:
 rotations up to 15 degrees about each axis and scales 0.9-1.1 around the image centre, shifts up
@@ -23,6 +24,22 @@ ANTs: `ants.registration(type_of_transform="Affine")` with its defaults and
 `ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS` (`--threads`, default 2). As a check that ANTs reads
 our transform files, the first `self` result is written as an ITK file and applied with
 `ants.apply_transforms`, and compared with our own resampling.
+
+`--model MODEL` (a `.keras` model; `Registrator` finds its run config) measures the Dice (mean
+over the dataset's 56 labels, `vxmtf.metrics.dice`, 0 excluded; label maps under `labelsTr`
+with the images' file names) between the fixed labels and the moving labels read through:
+
+- (a) `Registrator(model).register(moving, fixed)` on the original, aligned pair
+  (`warp_labels`);
+- (b) `Registrator(model, affine=True).register(moving, fixed, moving_affine, fixed_affine)` on
+  the perturbed moving image (its label map perturbed the same way, nearest neighbour), on the
+  same and on the other grid (`Registration.warp_moving(labels, "nearest")`); also on the
+  unperturbed pair, whose affine stage gives the `T0` of the affine error;
+- (c) with `--ants`: ANTs Affine, then the model on the pair aligned by it (composed as (b)).
+
+with the affine error (mm, vs `S @ T0`), the seconds of the affine stage and of the whole call.
+`--save-moving DIR` writes the first pair's perturbed moving images (and labels) as NIfTI, e.g.
+to time `python -m vxmtf.register ... --affine` on them. With `--no-pairs`, only these runs.
 
 `--capture` measures the capture range on the first `self` case: rotations about each axis
 (and about all three at once) and shifts along each axis; a run converges when its error is
@@ -72,10 +89,12 @@ def fov_centre(shape, affine):
     return affine[:3, :3] @ ((np.asarray(shape) - 1) / 2.0) + affine[:3, 3]
 
 
-def perturb(image, affine, truth, shape=None, target_affine=None):
+def perturb(image, affine, truth, shape=None, target_affine=None, order=1):
     """Moving image whose world content is `image`'s moved by `truth` (moving(truth x) = image(x)).
 
-    Resampled (linear) onto `target_affine` / `shape` (default: the image's own grid).
+    Resampled onto `target_affine` / `shape` (default: the image's own grid), linearly
+    (`order` 1: float32) or, for a label map, by nearest neighbour (`order` 0: its dtype, 0
+    outside).
     """
     from scipy import ndimage
 
@@ -83,9 +102,9 @@ def perturb(image, affine, truth, shape=None, target_affine=None):
     target_affine = affine if target_affine is None else target_affine
     voxel = np.linalg.inv(affine) @ np.linalg.inv(truth) @ target_affine
     out = ndimage.affine_transform(
-        image, voxel[:3, :3], voxel[:3, 3], output_shape=shape, order=1, mode="constant"
+        image, voxel[:3, :3], voxel[:3, 3], output_shape=shape, order=order, mode="constant"
     )
-    return out.astype(np.float32)
+    return out.astype(np.float32) if order else out
 
 
 def other_grid(truth, image_shape, image_affine):
@@ -277,6 +296,220 @@ def run_capture(pair, root, method, identity, log):
     return results
 
 
+def label_path(root, image):
+    """The label map of a dataset image: `labelsTr` with the same file name."""
+    return root / "labelsTr" / Path(image).name
+
+
+def mean_dice(moved_labels, fixed_labels, labels):
+    from vxmtf.evaluation.metrics import nanmean
+    from vxmtf.metrics import dice
+
+    return nanmean(list(dice(moved_labels, fixed_labels, labels).values()))
+
+
+def ants_then_model(ants_method, registrator, moving, moving_affine, labels, fixed, fixed_affine):
+    """ANTs Affine, then the model on the pair aligned by it; the moving labels are read through
+    the composed transform (as `Registrator(affine=True)` composes its own)."""
+    from vxmtf.data.geometry import compose_displacement, resample_to_grid, sample_through
+
+    start = time.perf_counter()
+    matrix, affine_seconds, _ = ants_method(moving, moving_affine, fixed, fixed_affine)
+    voxel_map = np.linalg.inv(moving_affine) @ matrix @ fixed_affine
+    source = np.asarray(moving, np.float32)
+    aligned = resample_to_grid(source, voxel_map, fixed.shape, 1, float(source.min()))
+    deformable = registrator.register(aligned, fixed)
+    fixed_frame = np.linalg.inv(fixed_affine) @ matrix @ fixed_affine
+    composed = compose_displacement(deformable.displacement, fixed_frame)
+    mapping = np.linalg.inv(moving_affine) @ fixed_affine
+    moved_labels = sample_through(labels, composed, mapping, order=0, fill=0)
+    return matrix, affine_seconds, time.perf_counter() - start, moved_labels
+
+
+def run_model(
+    pairs, root, labels, model, affine_options, seed, ants_method, save_moving, log, checkpoint=None
+):
+    """Dice of the model alone on the aligned pairs (a), and of the affine stage + the model on
+    the perturbed moving images (b), optionally ANTs Affine + the model (c): see the docstring."""
+    import nibabel as nib
+
+    from vxmtf.registration import Registrator
+
+    aligned = Registrator(model)
+    with_affine = Registrator(model, affine=affine_options or True)
+    log(f"model {model}: config {aligned.config_path}, affine stage {with_affine.affine}")
+    rows = []
+    for index, pair in enumerate(pairs):
+        fixed_img = nib.load(root / pair["fixed"])
+        moving_img = nib.load(root / pair["moving"])
+        fixed = fixed_img.get_fdata(dtype=np.float32)
+        original = moving_img.get_fdata(dtype=np.float32)
+        fixed_affine, moving_affine = fixed_img.affine, moving_img.affine
+        fixed_labels = np.asarray(nib.load(label_path(root, pair["fixed"])).dataobj)
+        moving_labels = np.asarray(nib.load(label_path(root, pair["moving"])).dataobj)
+        # The same random map as `run_pairs` for this pair.
+        rng = np.random.default_rng(seed + index)
+        truth = random_map(rng, fov_centre(original.shape, moving_affine))
+        other_affine = other_grid(truth, original.shape, moving_affine)
+        grids = {"same": (original.shape, moving_affine), "other": (OTHER_SHAPE, other_affine)}
+        fixed_brain = np.argwhere(fixed > 0) @ fixed_affine[:3, :3].T + fixed_affine[:3, 3]
+        name = f"{Path(pair['moving']).name.split('.')[0]} -> {Path(pair['fixed']).name[:11]}"
+        out = {"pair": index, "name": name, "moving": pair["moving"], "fixed": pair["fixed"]}
+        out["dice_before"] = mean_dice(moving_labels, fixed_labels, labels)
+
+        # (a) the model alone on the original (affinely aligned) pair.
+        result = aligned.register(original, fixed)
+        moved = aligned.warp_labels(moving_labels, result.displacement)
+        out["dice_a"] = mean_dice(moved, fixed_labels, labels)
+        out["seconds_a"] = result.seconds
+        log(
+            f"{name}: before {out['dice_before']:.4f}, (a) {out['dice_a']:.4f} "
+            f"({result.seconds:.1f} s)"
+        )
+
+        # The affine stage + model on the unperturbed pair: its affine is T0 (truth S @ T0).
+        result = with_affine.register(original, fixed, moving_affine, fixed_affine)
+        base = result.affine.matrix
+        out["dice_b_unperturbed"] = mean_dice(
+            result.warp_moving(moving_labels, "nearest"), fixed_labels, labels
+        )
+        out["seconds_b_unperturbed"] = result.seconds
+        out["affine_seconds_b_unperturbed"] = result.affine.seconds
+        log(
+            f"  (b) unperturbed: {out['dice_b_unperturbed']:.4f} ({result.seconds:.1f} s, "
+            f"affine {result.affine.seconds:.1f} s)"
+        )
+
+        for grid, (shape, affine) in grids.items():
+            moving = perturb(original, moving_affine, truth, shape, affine)
+            labels_moved = perturb(moving_labels, moving_affine, truth, shape, affine, order=0)
+            if save_moving is not None and index == 0:
+                save_moving.mkdir(parents=True, exist_ok=True)
+                stem = Path(pair["moving"]).name.split(".")[0]
+                nib.save(nib.Nifti1Image(moving, affine), save_moving / f"{stem}_{grid}.nii.gz")
+                nib.save(
+                    nib.Nifti1Image(labels_moved, affine),
+                    save_moving / f"{stem}_{grid}_labels.nii.gz",
+                )
+            result = with_affine.register(moving, fixed, affine, fixed_affine)
+            key = f"b_{grid}"
+            out[f"dice_{key}"] = mean_dice(
+                result.warp_moving(labels_moved, "nearest"), fixed_labels, labels
+            )
+            # The affine stage alone (labels read through its matrix only).
+            affine_only = resample_to_labels(labels_moved, result.affine.voxel_matrix(), fixed)
+            out[f"dice_affine_only_{grid}"] = mean_dice(affine_only, fixed_labels, labels)
+            out[f"error_mm_{key}"] = mean_error(result.affine.matrix, truth @ base, fixed_brain)
+            out[f"affine_seconds_{key}"] = result.affine.seconds
+            out[f"seconds_{key}"] = result.seconds
+            log(
+                f"  (b) {grid}: {out[f'dice_{key}']:.4f} (delta "
+                f"{out[f'dice_{key}'] - out['dice_a']:+.4f}; affine only "
+                f"{out[f'dice_affine_only_{grid}']:.4f}), error {out[f'error_mm_{key}']:.3f} mm, "
+                f"affine {result.affine.seconds:.1f} s, register {result.seconds:.1f} s"
+            )
+            if ants_method is not None:
+                if grid == "same":
+                    ants_base, _, _ = ants_method(original, moving_affine, fixed, fixed_affine)
+                matrix, affine_seconds, seconds, moved = ants_then_model(
+                    ants_method, aligned, moving, affine, labels_moved, fixed, fixed_affine
+                )
+                key = f"c_{grid}"
+                out[f"dice_{key}"] = mean_dice(moved, fixed_labels, labels)
+                out[f"error_mm_{key}"] = mean_error(matrix, truth @ ants_base, fixed_brain)
+                out[f"affine_seconds_{key}"] = affine_seconds
+                out[f"seconds_{key}"] = seconds
+                log(
+                    f"  (c) ANTs {grid}: {out[f'dice_{key}']:.4f}, error "
+                    f"{out[f'error_mm_{key}']:.3f} mm, affine {affine_seconds:.1f} s, "
+                    f"total {seconds:.1f} s"
+                )
+        rows.append(out)
+        if checkpoint is not None:
+            checkpoint(rows)
+    return rows
+
+
+def resample_to_labels(labels, voxel_map, fixed):
+    from vxmtf.data.geometry import resample_to_grid
+
+    return resample_to_grid(labels, voxel_map, fixed.shape, 0, 0)
+
+
+def model_markdown(rows, meta):
+    """The Dice table of `--model` (per pair, then the mean over pairs)."""
+    cases = [("b_same", "b same"), ("b_other", "b other")]
+    if rows and "dice_c_same" in rows[0]:
+        cases += [("c_same", "c ANTs same"), ("c_other", "c ANTs other")]
+    lines = [
+        f"## Affine stage + deformable model `{meta['model']}` (Dice over 56 labels)",
+        "",
+        "(a): `Registrator(model)` on the original, affinely aligned pair; (b): "
+        "`Registrator(model, affine=True)` on the perturbed moving image (and its label map, "
+        "nearest neighbour) against the fixed image, on the same grid and on the other grid"
+        + ("; (c): ANTs Affine, then the model" if len(cases) > 2 else "")
+        + ". (b0): `Registrator(model, affine=True)` on the unperturbed pair. Δa = Dice - "
+        "Dice (a); Δ0 = Dice - Dice (b0) (what the perturbation costs); error: affine stage vs "
+        "`S @ T0` (mm; T0: the method's own affine on the unperturbed pair); seconds: affine "
+        "stage / whole `register` call (the first pair includes graph tracing).",
+        "",
+    ]
+    header = ["pair", "before", "(a)", "(a) s", "(b0)"]
+    for _, label in cases:
+        header += [f"({label})", "Δa", "Δ0", "mm", "affine s", "total s"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+    def cells(values):
+        out = [
+            f"{values['dice_before']:.4f}",
+            f"{values['dice_a']:.4f}",
+            f"{values['seconds_a']:.1f}",
+            f"{values['dice_b_unperturbed']:.4f}",
+        ]
+        for key, _ in cases:
+            out += [
+                f"{values[f'dice_{key}']:.4f}",
+                f"{values[f'dice_{key}'] - values['dice_a']:+.4f}",
+                f"{values[f'dice_{key}'] - values['dice_b_unperturbed']:+.4f}",
+                f"{values[f'error_mm_{key}']:.3f}",
+                f"{values[f'affine_seconds_{key}']:.1f}",
+                f"{values[f'seconds_{key}']:.1f}",
+            ]
+        return out
+
+    for r in rows:
+        lines.append("| " + " | ".join([r["name"], *cells(r)]) + " |")
+    mean = {
+        k: float(np.mean([r[k] for r in rows]))
+        for k in rows[0]
+        if k.startswith(("dice_", "seconds_", "affine_seconds_", "error_mm_"))
+    }
+    lines.append("| **mean** | " + " | ".join(cells(mean)) + " |")
+    lines.append("")
+    for key, label in cases:
+        deltas = np.array([r[f"dice_{key}"] - r["dice_a"] for r in rows])
+        zero = np.array([r[f"dice_{key}"] - r["dice_b_unperturbed"] for r in rows])
+        later = rows[1:] or rows
+        lines.append(
+            f"- ({label}): Δa mean {deltas.mean():+.4f}, worst {deltas.min():+.4f} "
+            f"({int((deltas >= -0.02).sum())}/{len(rows)} pairs at most 0.02 below (a)); "
+            f"Δ0 mean {zero.mean():+.4f}, worst {zero.min():+.4f}; "
+            f"seconds (pairs 2+) affine median "
+            f"{np.median([r[f'affine_seconds_{key}'] for r in later]):.1f}, register median "
+            f"{np.median([r[f'seconds_{key}'] for r in later]):.1f}"
+        )
+    lines.append(
+        "- (b) unperturbed pair (the affine stage on the aligned pair): Dice mean "
+        f"{np.mean([r['dice_b_unperturbed'] for r in rows]):.4f}; affine stage alone on the "
+        f"perturbed images: same {np.mean([r['dice_affine_only_same'] for r in rows]):.4f}, "
+        f"other {np.mean([r['dice_affine_only_other'] for r in rows]):.4f}"
+    )
+    if meta.get("cli_timing"):
+        # Measured outside this script (`time python -m vxmtf.register ... --affine`).
+        lines += ["", f"Whole command with process start: {meta['cli_timing']}"]
+    return "\n".join(lines) + "\n"
+
+
 def markdown(rows, capture, ants_check, meta):
     lines = [
         "# Affine stage on LPBA40 (known random affines)",
@@ -284,13 +517,16 @@ def markdown(rows, capture, ants_check, meta):
         f"Machine: {meta['cpus']} CPUs, load average before {meta['load_before']}, "
         f"after {meta['load_after']}; TF threads default; ANTs threads {meta['threads']}.",
         "",
-        "Error: mean |T_est(x) - T_true(x)| (mm) over the fixed brain; `self`: truth exact; "
-        "`pair`: truth `S @ T0` (T0 = the method's own result on the unperturbed pair).",
-        "",
     ]
+    if rows:
+        lines += [
+            "Error: mean |T_est(x) - T_true(x)| (mm) over the fixed brain; `self`: truth exact; "
+            "`pair`: truth `S @ T0` (T0 = the method's own result on the unperturbed pair).",
+            "",
+        ]
     methods = sorted({r["method"] for r in rows}, key=lambda m: m != "vxmtf")
     header = "| pair | case | grid | " + " | ".join(f"{m} mm | {m} s" for m in methods) + " |"
-    lines += [header, "|" + "---|" * (3 + 2 * len(methods))]
+    lines += [header, "|" + "---|" * (3 + 2 * len(methods))] if rows else []
     keys = sorted({(r["pair"], r["name"], r["case"], r["grid"]) for r in rows})
     for key in keys:
         cells = [str(key[1]), key[2], key[3]]
@@ -335,6 +571,17 @@ def markdown(rows, capture, ants_check, meta):
     return "\n".join(lines) + "\n"
 
 
+def write_report(out, report):
+    """`affine.json` and `affine.md` in `out` from the report dict `main` builds."""
+    (out / "affine.json").write_text(json.dumps(report, indent=1))
+    text = markdown(
+        report["rows"], report["capture"], report["ants_reads_our_file"], report["meta"]
+    )
+    if report.get("model_rows"):
+        text += "\n" + model_markdown(report["model_rows"], report["meta"])
+    (out / "affine.md").write_text(text)
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.bench_affine", description=__doc__.splitlines()[0]
@@ -349,6 +596,14 @@ def parse_args(argv):
     parser.add_argument("--threads", type=int, default=2, help="ITK threads for ANTs")
     parser.add_argument("--capture", action="store_true", help="measure the capture range")
     parser.add_argument("--no-pairs", action="store_true", help="skip the pair table")
+    parser.add_argument(
+        "--model", help="also measure Dice of the affine stage + this deformable model (.keras)"
+    )
+    parser.add_argument(
+        "--save-moving",
+        type=Path,
+        help="with --model: write the first pair's perturbed moving images and labels here",
+    )
     return parser.parse_args(argv)
 
 
@@ -377,14 +632,44 @@ def main(argv=None) -> int:
     rows, ants_check = (
         ([], None) if args.no_pairs else run_pairs(pairs, root, methods, args.seed, log)
     )
+    model_rows = []
+    if args.model:
+        labels = sorted(int(k) for k in dataset["labels"] if int(k) != 0)
+        meta["model"] = args.model
+        meta["labels"] = len(labels)
+        defaults = args.metric == "ncc" and args.transform == "affine"
+        options = None if defaults else {"metric": args.metric, "transform": args.transform}
+        ants_method = None
+        if args.ants:
+            ants_method = methods[1] if len(methods) > 1 else Ants(args.threads)
+        model_rows = run_model(
+            pairs,
+            root,
+            labels,
+            args.model,
+            options,
+            args.seed,
+            ants_method,
+            args.save_moving,
+            log,
+            checkpoint=lambda done: (args.out / "affine.partial.json").write_text(
+                json.dumps({"meta": meta, "model_rows": done}, indent=1)
+            ),
+        )
     capture = []
     if args.capture:
         identity = Ours(metric=args.metric, transform=args.transform, init="identity")
         capture = run_capture(pairs[0], root, methods[0], identity, log)
     meta["load_after"] = [round(v, 2) for v in os.getloadavg()]
-    report = {"meta": meta, "rows": rows, "capture": capture, "ants_reads_our_file": ants_check}
-    (args.out / "affine.json").write_text(json.dumps(report, indent=1))
-    (args.out / "affine.md").write_text(markdown(rows, capture, ants_check, meta))
+    report = {
+        "meta": meta,
+        "rows": rows,
+        "capture": capture,
+        "ants_reads_our_file": ants_check,
+        "model_rows": model_rows,
+    }
+    write_report(args.out, report)
+    (args.out / "affine.partial.json").unlink(missing_ok=True)
     log(f"wrote {args.out / 'affine.md'} and {args.out / 'affine.json'}")
     return 0
 

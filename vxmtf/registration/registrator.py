@@ -251,8 +251,9 @@ class Registrator:
             return self._register_affine(moving, fixed, moving_affine, fixed_affine, names, start)
         return self._register_aligned(moving, fixed, start)
 
-    def _register_aligned(self, moving, fixed, start) -> Registration:
-        """The deformable registration of a pair on one grid (the network, refined)."""
+    def _register_aligned(self, moving, fixed, start, warp_moving=True) -> Registration:
+        """The deformable registration of a pair on one grid (the network, refined); without
+        `warp_moving`, the moved image is not computed (`moved` is None)."""
         self.check_pair(moving, fixed)
         if getattr(self.predictor, "prepares_inputs", False):
             # The SavedModel normalises, downsamples, registers, resizes and warps in its graph.
@@ -271,7 +272,10 @@ class Registrator:
             displacement = self.predictor(*prepared)
         displacement = padding.undo(displacement.numpy()[0])  # (*P, ndim) -> (*C, ndim)
         displacement = resize_displacement(displacement, shape, self.downsample)
-        moved = warp_volume(moving, displacement, rows=warp_rows(shape) if self.tiled else None)
+        moved = None
+        if warp_moving:
+            rows = warp_rows(shape) if self.tiled else None
+            moved = warp_volume(moving, displacement, rows=rows)
         return Registration(displacement, moved, time.perf_counter() - start, refinement=history)
 
     def _refined(self, moving, fixed):
@@ -308,7 +312,8 @@ class Registrator:
         voxel_map = affine.voxel_matrix()  # fixed voxel -> moving voxel
         source = np.asarray(moving, np.float32)
         aligned = resample_to_grid(source, voxel_map, np.shape(fixed), 1, float(source.min()))
-        deformable = self._register_aligned(aligned, fixed, start)
+        # The moved image is read from the original scan through the composed field below.
+        deformable = self._register_aligned(aligned, fixed, start, warp_moving=False)
         # Fixed voxel x -> P (x + u(x)) in fixed voxels, P = A_fixed^-1 T A_fixed.
         fixed_frame = np.linalg.inv(affine.fixed_affine) @ affine.matrix @ affine.fixed_affine
         composed = compose_displacement(deformable.displacement, fixed_frame)
