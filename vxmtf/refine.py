@@ -42,7 +42,13 @@ from vxmtf.ops.integrate import integrate_velocity
 from vxmtf.ops.resample import warp
 from vxmtf.ops.rescale import rescale_field
 
-__all__ = ["IMAGE_LOSSES", "RefineConfig", "refine_field", "refine_objective"]
+__all__ = [
+    "IMAGE_LOSSES",
+    "RefineConfig",
+    "field_to_displacement",
+    "refine_field",
+    "refine_objective",
+]
 
 IMAGE_LOSSES = ("ncc", "mse")
 
@@ -56,10 +62,15 @@ ADAM_EPSILON = 1e-7
 class RefineConfig:
     """How to refine a predicted field on its pair (`refine_field`); the default does nothing.
 
+    Measured on the shipped LPBA40 model (`benchmarks/bench_refine.py`, 9 validation pairs):
+    ``steps=50, learning_rate=0.3`` raises mean Dice from 0.646 to 0.705 with no folding;
+    100 steps give 0.706; 10 more `full_steps` at full resolution give 0.711 (ANTs SyN: 0.720).
+
     Attributes:
         steps: Adam steps on the field itself (``--refine-steps``); 0 switches refinement off.
         learning_rate: Adam's step size, in voxels of the field's grid per step (Adam's steps
-            are about this size whatever the scale of the gradient).
+            are about this size whatever the scale of the gradient); 0.3 converged in about 50
+            steps on LPBA40, 0.1 needed 200 for less (`benchmarks/results/refine/`).
         coarse_steps: Adam steps first, on a smooth update `coarse_factor` times coarser.
         coarse_factor: integer >= 2, how much coarser that update is.
         fine_steps: Adam steps last, on the field resized to a grid twice as fine (for the
@@ -78,7 +89,7 @@ class RefineConfig:
     """
 
     steps: int = 0
-    learning_rate: float = 0.1
+    learning_rate: float = 0.3
     coarse_steps: int = 0
     coarse_factor: int = 2
     fine_steps: int = 0

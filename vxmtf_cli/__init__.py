@@ -217,7 +217,19 @@ def add_registration_arguments(parser):
         "objective (0: the network alone)",
     )
     group.add_argument(
-        "--refine-lr", type=float, default=None, metavar="LR", help="Adam step size (voxels)"
+        "--refine-lr",
+        type=float,
+        default=0.3,
+        metavar="LR",
+        help="Adam step size (voxels of the field's grid)",
+    )
+    group.add_argument(
+        "--refine-full-steps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="Adam steps last, against the images at full resolution (for a run trained "
+        "downsampled)",
     )
     group.add_argument(
         "--refine-coarse-steps",
@@ -231,9 +243,12 @@ def add_registration_arguments(parser):
 def registration_options(args) -> dict:
     """`refine` and `affine` keyword arguments of `Registrator` from `add_registration_arguments`
     options."""
-    refine = {"steps": args.refine_steps, "coarse_steps": args.refine_coarse_steps}
-    if args.refine_lr is not None:
-        refine["learning_rate"] = args.refine_lr
+    refine = {
+        "steps": args.refine_steps,
+        "coarse_steps": args.refine_coarse_steps,
+        "full_steps": args.refine_full_steps,
+        "learning_rate": args.refine_lr,
+    }
     affine = None
     if args.affine:
         affine = {"transform": args.affine_type, "metric": args.affine_metric}

@@ -69,3 +69,23 @@ def test_refine_options_and_errors(tmp_path):
     export_saved_model(model, tmp_path)
     with pytest.raises(ValueError, match="SavedModel"):
         Registrator(tmp_path / "vxm", config=_config(0), refine=3)
+
+
+@pytest.mark.parametrize("int_steps", [0, 7])
+def test_full_resolution_refinement_of_a_downsampled_run(int_steps):
+    """A run at half resolution on an odd-sized pair (cropped remainder, padding): the last
+    steps against the full-resolution images still recover the shift, on the full grid."""
+    moving, fixed = _pair()
+    moving, fixed = moving[:, :23, :22], fixed[:, :23, :22]  # odd sizes: remainder, padding
+    config = _config(int_steps)
+    config.data.downsample = 2
+    model = shift_model([0.0, 0.0, 0.0], int_steps=int_steps)
+    refine = RefineConfig(steps=40, learning_rate=0.1, full_steps=20)
+    result = Registrator(model, config=config, refine=refine).register(moving, fixed)
+    assert result.displacement.shape == (*moving.shape, 3)
+    history = result.refinement
+    assert len(history["loss"]) == 40 + 20 + 1
+    core = (slice(6, -6),) * 3
+    assert abs(float(np.median(result.displacement[core][..., 0])) + 1.5) < 0.4
+    if int_steps:
+        assert jacobian_determinant(result.displacement).min() > 0

@@ -31,7 +31,12 @@ import tensorflow as tf
 from vxmtf.affine import register_affine
 from vxmtf.checks import check_bool
 from vxmtf.data.geometry import compose_displacement, resample_to_grid, sample_through
-from vxmtf.data.preprocess import PreprocessConfig, preprocess_image, resize_displacement
+from vxmtf.data.preprocess import (
+    PreprocessConfig,
+    normalize_intensity,
+    preprocess_image,
+    resize_displacement,
+)
 from vxmtf.ops import warp, warp_rows
 from vxmtf.refine import RefineConfig, refine_field
 from vxmtf.registration.predictors import make_predictor
@@ -267,11 +272,14 @@ class Registrator:
             prepared.append(tf.constant(array[None, ..., None]))
         history = None
         if self.refine.enabled:
-            displacement, history = self._refined(*prepared)
+            field, displacement, history = self._refined(*prepared)
         else:
             displacement = self.predictor(*prepared)
-        displacement = padding.undo(displacement.numpy()[0])  # (*P, ndim) -> (*C, ndim)
-        displacement = resize_displacement(displacement, shape, self.downsample)
+        if self.refine.full_steps:
+            displacement, history = self._refined_full(moving, fixed, padding, field, history)
+        else:
+            displacement = padding.undo(displacement.numpy()[0])  # (*P, ndim) -> (*C, ndim)
+            displacement = resize_displacement(displacement, shape, self.downsample)
         moved = None
         if warp_moving:
             rows = warp_rows(shape) if self.tiled else None
@@ -280,14 +288,53 @@ class Registrator:
 
     def _refined(self, moving, fixed):
         """The network's field for the prepared pair, refined on it (`vxmtf.refine`)."""
+        options = self._objective_of_model(self.refine.kwargs(self.config))
+        field = self.predictor.field(moving, fixed)
+        field, displacement, history = refine_field(moving, fixed, field, **options)
+        return field, displacement, history
+
+    def _objective_of_model(self, options):
         model = self.predictor.model
-        options = self.refine.kwargs(self.config)
         coarse = model.int_steps > 0 and model.int_resolution > 1
         options.update(
             int_steps=model.int_steps, grad_mult=float(model.int_resolution) if coarse else 1.0
         )
-        field = self.predictor.field(moving, fixed)
-        _, displacement, history = refine_field(moving, fixed, field, **options)
+        return options
+
+    def _refined_full(self, moving, fixed, padding, field, history):
+        """The last `full_steps` of refinement against the images at their own resolution.
+
+        The run's grid is `C = S // K` padded to `P` (`padding`); at full resolution the same
+        region is the first `K C` voxels of each axis padded by `K` times as much, so the field
+        (on the model's grid, or its velocity grid) is refined against images of `K P` voxels
+        and its displacement, in full-resolution voxels, cropped back and edge-padded to `S`
+        (the voxels past `K C` repeat the last covered row, as `resize_displacement` does).
+        """
+        k = self.downsample
+        shape = np.shape(fixed)
+        if min(padding.before + padding.after) < 0:
+            raise ValueError(
+                "Full-resolution refinement needs the run's grid padded, not cropped, to the "
+                f"size multiple. Received: padding before={padding.before}, "
+                f"after={padding.after}"
+            )
+        covered = tuple(slice(0, k * (n // k)) for n in shape)
+        widths = [(k * b, k * a) for b, a in zip(padding.before, padding.after, strict=True)]
+        images = []
+        for image in (moving, fixed):
+            preprocess = self.preprocess
+            array = normalize_intensity(image, preprocess.normalize, preprocess.percentiles)
+            array = array[covered]
+            images.append(tf.constant(np.pad(array, widths)[None, ..., None]))
+        options = self._objective_of_model(self.refine.full_kwargs(self.config))
+        _, displacement, full = refine_field(*images, field, **options)
+        region = tuple(
+            slice(k * b, k * b + k * (n // k)) for b, n in zip(padding.before, shape, strict=True)
+        )
+        displacement = displacement.numpy()[0][region]  # (*(K C), ndim)
+        edge = [(0, n - k * (n // k)) for n in shape] + [(0, 0)]
+        displacement = np.pad(displacement, edge, mode="edge")
+        history = {key: np.concatenate([history[key], full[key][1:]]) for key in history}
         return displacement, history
 
     def _register_affine(self, moving, fixed, moving_affine, fixed_affine, names, start):
