@@ -34,6 +34,7 @@ import numbers
 import numpy as np
 import tensorflow as tf
 
+from vxmtf.checks import check_int, check_positive
 from vxmtf.losses.grad import grad_penalty
 from vxmtf.losses.mse import mean_squared_error
 from vxmtf.losses.ncc import mean_local_ncc
@@ -100,9 +101,9 @@ class RefineConfig:
 
     def __post_init__(self):
         for name in ("steps", "coarse_steps", "fine_steps", "full_steps"):
-            _check_int(getattr(self, name), f"refine_{name}", minimum=0)
-        _check_int(self.coarse_factor, "refine_coarse_factor", minimum=2)
-        _check_positive(self.learning_rate, "refine_learning_rate")
+            check_int(f"refine_{name}", getattr(self, name), minimum=0)
+        check_int("refine_coarse_factor", self.coarse_factor, minimum=2)
+        check_positive("refine_learning_rate", self.learning_rate)
         object.__setattr__(self, "learning_rate", float(self.learning_rate))
         if self.image_loss is not None and self.image_loss not in IMAGE_LOSSES:
             raise ValueError(
@@ -247,12 +248,12 @@ def refine_field(
         ValueError: bad hyperparameters, or shapes that do not fit (see above).
     """
     image_loss, ncc_window = _check_objective(image_loss, ncc_window, reg_weight, grad_mult)
-    _check_int(int_steps, "int_steps", minimum=0)
-    _check_int(steps, "refine_steps", minimum=0)
-    _check_int(coarse_steps, "refine_coarse_steps", minimum=0)
-    _check_int(coarse_factor, "refine_coarse_factor", minimum=2)
-    _check_int(fine_steps, "refine_fine_steps", minimum=0)
-    _check_positive(learning_rate, "refine_learning_rate")
+    check_int("int_steps", int_steps, minimum=0)
+    check_int("refine_steps", steps, minimum=0)
+    check_int("refine_coarse_steps", coarse_steps, minimum=0)
+    check_int("refine_coarse_factor", coarse_factor, minimum=2)
+    check_int("refine_fine_steps", fine_steps, minimum=0)
+    check_positive("refine_learning_rate", learning_rate)
     moving = tf.cast(moving, tf.float32)
     fixed = tf.cast(fixed, tf.float32)
     field = tf.cast(field, tf.float32)
@@ -412,23 +413,8 @@ def _check_objective(image_loss, ncc_window, reg_weight, grad_mult):
         )
     _check_window(ncc_window, "ncc_window")
     _check_weight(reg_weight, "reg_weight")
-    _check_positive(grad_mult, "grad_mult")
+    check_positive("grad_mult", grad_mult)
     return image_loss, int(ncc_window)
-
-
-def _check_int(value, name, minimum):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}. Received: {name}={value!r}")
-
-
-def _check_positive(value, name):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not np.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"`{name}` must be a positive number. Received: {name}={value!r}")
 
 
 def _check_weight(value, name):
