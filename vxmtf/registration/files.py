@@ -235,17 +235,10 @@ def register_files(
             label_array = resample_to_grid(label_array, mapping, fixed_volume.shape, 0)
 
     result = registrator.register(moving_array, fixed_volume.array)
-    affine, header = fixed_volume.affine, fixed_volume.header
-    paths = {
-        "moved": save_volume(moved, result.moved.astype(np.float32), affine, header),
-        "warp": save_volume(warp, result.displacement.astype(np.float32), affine, header),
-    }
+    warped = None
     if label_array is not None:
         warped = registrator.warp_labels(label_array, result.displacement)
-        paths["moved_labels"] = save_volume(moved_labels, warped, affine, header, dtype=label_dtype)
-    if warp_mm is not None:
-        field = displacement_to_world(result.displacement, affine, lps=True)
-        paths["warp_mm"] = save_itk_displacement(warp_mm, field, affine, header)
+    paths = _save_outputs(outputs, fixed_volume, result, warped, label_dtype)
     return RegisteredFiles(
         paths=paths,
         moving=Path(moving),
@@ -274,19 +267,8 @@ def _register_affine_files(
     result = registrator.register(
         moving.array, fixed.array, moving.affine, fixed.affine, names=names
     )
-    grid, header = fixed.affine, fixed.header
-    paths = {
-        "moved": save_volume(outputs["moved"], result.moved, grid, header),
-        "warp": save_volume(outputs["warp"], result.displacement, grid, header),
-    }
-    if labels is not None:
-        warped = result.warp_moving(labels.array, "nearest")
-        paths["moved_labels"] = save_volume(
-            outputs["moved_labels"], warped, grid, header, dtype=label_dtype
-        )
-    if outputs.get("warp_mm") is not None:
-        field = displacement_to_world(result.displacement, grid, lps=True)
-        paths["warp_mm"] = save_itk_displacement(outputs["warp_mm"], field, grid, header)
+    warped = None if labels is None else result.warp_moving(labels.array, "nearest")
+    paths = _save_outputs(outputs, fixed, result, warped, label_dtype)
     if affine_transform is not None:
         paths["affine_transform"] = write_itk_affine(affine_transform, result.affine.matrix)
     return RegisteredFiles(
@@ -300,3 +282,21 @@ def _register_affine_files(
         total_seconds=time.perf_counter() - start,
         affine=result.affine,
     )
+
+
+def _save_outputs(outputs, fixed, result, warped_labels, label_dtype) -> dict:
+    """Writes the moved image, the displacement (and the moved labels, the ITK field in mm when
+    asked) on the fixed grid with its affine and header; returns name -> path."""
+    grid, header = fixed.affine, fixed.header
+    paths = {
+        "moved": save_volume(outputs["moved"], result.moved.astype(np.float32), grid, header),
+        "warp": save_volume(outputs["warp"], result.displacement.astype(np.float32), grid, header),
+    }
+    if warped_labels is not None:
+        paths["moved_labels"] = save_volume(
+            outputs["moved_labels"], warped_labels, grid, header, dtype=label_dtype
+        )
+    if outputs.get("warp_mm") is not None:
+        field = displacement_to_world(result.displacement, grid, lps=True)
+        paths["warp_mm"] = save_itk_displacement(outputs["warp_mm"], field, grid, header)
+    return paths
