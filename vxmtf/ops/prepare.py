@@ -19,7 +19,7 @@ infinities to the largest finite float32 first, as `np.nan_to_num` does.
 
 import tensorflow as tf
 
-from vxmtf.ops.resample import WARP_BYTES_PER_VOXEL, WARP_CHUNK_BYTES, _warp_by_rows
+from vxmtf.ops.resample import WARP_BYTES_PER_VOXEL, WARP_CHUNK_BYTES, warp
 from vxmtf.ops.rescale import rescale_field
 
 __all__ = [
@@ -296,7 +296,7 @@ def warp_by_rows(image, displacement, interpolation="linear", budget=WARP_CHUNK_
     voxels = shape[0] * tf.reduce_prod(shape[2 : ndim + 1])  # per output row
     rows = tf.maximum(tf.constant(1, tf.int64), int(budget) // (WARP_BYTES_PER_VOXEL * voxels))
     rows = tf.cast(tf.minimum(rows, shape[1]), tf.int32)
-    return _warp_by_rows(tf.convert_to_tensor(image), displacement, interpolation, None, rows)
+    return warp(image, displacement, interpolation, rows=rows)
 
 
 def _check_factor(value, name="factor"):

@@ -136,7 +136,8 @@ def warp(image, displacement, interpolation="linear", fill_value=None, rows=None
         image: `(batch, *spatial, channels)`.
         displacement: `(batch, *spatial, ndim)` in voxels, component k along spatial axis k.
         interpolation, fill_value: as in `resample`.
-        rows: None computes every output voxel at once. An int >= 1 computes `rows` output rows
+        rows: None computes every output voxel at once. An int >= 1 (or a scalar int tensor of
+            a value >= 1, computed in a graph) computes `rows` output rows
             (along the first spatial axis) at a time, each reading the whole image, in a
             `tf.while_loop`: the same values, with the interpolation's temporaries (about
             `WARP_BYTES_PER_VOXEL` per output voxel in 3D) held for one chunk only (`warp_rows`
@@ -145,7 +146,10 @@ def warp(image, displacement, interpolation="linear", fill_value=None, rows=None
     Returns:
         `(batch, *spatial, channels)`, of the image's dtype.
     """
-    if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
+    if tf.is_tensor(rows):
+        if rows.shape.rank != 0 or not rows.dtype.is_integer:
+            raise ValueError(f"`rows` must be a scalar int tensor. Received: rows={rows!r}")
+    elif rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
         raise ValueError(f"`rows` must be None or an int >= 1. Received: rows={rows!r}")
     displacement = tf.convert_to_tensor(displacement)
     displacement = tf.cast(displacement, coordinate_dtype(displacement.dtype))
