@@ -7,6 +7,8 @@ The flow head of a tiny `VxmDense` gets a zero kernel and bias `SHIFT`, so the d
 with the written ITK displacement field.
 """
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -281,3 +283,94 @@ def test_mm_warp_must_be_nifti(model_path, pair, capsys):
     code, err = _error(capsys, _argv(model_path, pair, **{"--warp-mm": "w.npz"}))
     assert code == 2 and "expected a name ending in .nii or .nii.gz" in err
     assert "Received: warp_mm=w.npz" in err
+
+
+# ------------------------------------------------------- outputs: collisions, overwrite
+
+
+@pytest.mark.parametrize(
+    "output, other, role",
+    [
+        ("--moved", "--moving", "input"),
+        ("--warp", "--fixed", "input"),
+        ("--warp", "--moved", "output"),
+        ("--moved-labels", "--moving-labels", "input"),
+        ("--warp-mm", "--warp", "output"),
+    ],
+)
+def test_an_output_that_is_an_input_or_another_output_is_refused(
+    model_path, pair, capsys, output, other, role
+):
+    """Each pair of paths is one file, spelt differently (through a linked folder): exit 2,
+    both options named, and no file written or changed."""
+    out = pair["dir"]
+    (out / "link").symlink_to(out)
+    argv = _argv(model_path, pair)
+    argv += ["--moving-labels", str(pair["labels"]), "--moved-labels", str(out / "seg.nii.gz")]
+    argv += ["--warp-mm", str(out / "mm.nii.gz")]
+    target = argv[argv.index(other) + 1]
+    argv[argv.index(output) + 1] = str(out / "link" / Path(target).name)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    code, err = _error(capsys, argv)
+    assert code == 2 and err.startswith("error: ")
+    assert f"The output {output} is the {role} {other}" in err
+    assert f"{output}={out / 'link'}" in err and f"{other}={target}" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_an_existing_output_needs_overwrite(model_path, pair, volumes, capsys):
+    out = pair["dir"]
+    (out / "warp.nii.gz").write_bytes(b"an earlier result")
+    code, err = _error(capsys, _argv(model_path, pair))
+    assert code == 2 and "The output --warp exists" in err and "--overwrite to replace" in err
+    assert f"Received: --warp={out / 'warp.nii.gz'}" in err
+    assert (out / "warp.nii.gz").read_bytes() == b"an earlier result"
+    assert not (out / "moved.nii.gz").exists()
+    assert _run(model_path, pair, "--overwrite") == 0
+    _check_outputs(out, volumes)
+
+
+def test_an_unwritable_output_folder_writes_nothing(model_path, pair, capsys):
+    """A file where the --warp folder should be: refused before registering, --moved not
+    written (the same check names a read-only folder)."""
+    out = pair["dir"]
+    (out / "blocker").write_text("a file, not a folder")
+    argv = _argv(model_path, pair, **{"--warp": out / "blocker" / "warp.nii.gz"})
+    code, err = _error(capsys, argv)
+    assert code == 2 and "Cannot write --warp" in err and "is a file, not a folder" in err
+    assert not (out / "moved.nii.gz").exists()
+
+
+def test_a_write_that_fails_half_way_leaves_no_output(model_path, pair, monkeypatch):
+    """The last output fails while being written (a full disk): the others, written first to
+    temporary files, are never moved into place, and no temporary is left."""
+    from vxmtf.registration import files
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(files, "save_itk_displacement", full_disk)
+    before = sorted(p.name for p in pair["dir"].iterdir())
+    assert _run(model_path, pair) == 2
+    assert sorted(p.name for p in pair["dir"].iterdir()) == before
+
+
+def test_register_files_checks_its_outputs_too(model_path, pair):
+    """The library: the same refusals, named by keyword; existing outputs are replaced by
+    default (overwrite=True, as Keras's Model.save), refused with overwrite=False."""
+    from vxmtf.registration import register_files
+
+    out = pair["dir"]
+    files = [pair["moving"], pair["fixed"], out / "moved.nii.gz"]
+    with pytest.raises(ValueError, match=r"The output `warp` is the output `moved`.*warp="):
+        register_files(model_path, *files, out / "moved.nii.gz")
+    with pytest.raises(ValueError, match=r"The output `moved` is the input `fixed`"):
+        register_files(model_path, pair["moving"], pair["fixed"], pair["fixed"], out / "w.npy")
+    result = register_files(model_path, *files, out / "warp.npy")
+    assert result.paths == {"moved": out / "moved.nii.gz", "warp": out / "warp.npy"}
+    first = np.load(out / "warp.npy")
+    register_files(model_path, *files, out / "warp.npy")  # replaced
+    np.testing.assert_array_equal(np.load(out / "warp.npy"), first)
+    with pytest.raises(FileExistsError, match=r"`moved` exists: .*overwrite=True to replace"):
+        register_files(model_path, *files, out / "warp2.npy", overwrite=False)
+    assert not (out / "warp2.npy").exists()

@@ -33,9 +33,19 @@ aligned pair; --warp and --warp-mm hold the composed transform (moved[x] = movin
 the moving image placed by its own affine; antsApplyTransforms -t warp_mm.nii.gz alone
 reproduces --moved), --affine-transform the affine alone for ITK/ANTs.
 
+Outputs: an output that is an input (--moving, --fixed, --moving-labels, --model, --config)
+or another output, after resolving links, is refused, and so is an output that exists unless
+--overwrite is given. All outputs are written or none: each to a temporary file beside it, all
+moved into place once every one is written.
+
 --refine-steps N: optimise the network's field further on the pair (the model's own image loss
 and lambda; a diffeomorphic model stays diffeomorphic): slower, more accurate.
 """
+
+
+#: The options that name files written, and files read (which no output may replace).
+OUTPUTS = ("moved", "warp", "moved_labels", "warp_mm", "affine_transform")
+INPUTS = ("moving", "fixed", "moving_labels", "model", "config")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="output: the affine alone as an ITK transform file (.txt/.tfm/.mat; needs --affine)",
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace output files that exist (without it, an existing output is an error)",
+    )
     cli.add_registration_arguments(p)
     cli.add_verbose_argument(p)
     return p
@@ -77,8 +92,14 @@ def main(argv=None) -> int:
             return cli.report_error(f"{flags[0]} needs {flags[1]} ({what})")
     cli.setup_logging(args.verbose)
     from vxmtf.registration import register_files
+    from vxmtf.registration.files import check_destinations
 
+    outputs = {name: getattr(args, name) for name in OUTPUTS}
+    inputs = {name: getattr(args, name) for name in INPUTS}
     try:
+        # First with the options' names in errors; register_files checks again, and writes
+        # all outputs or none.
+        check_destinations(outputs, inputs, args.overwrite, options=True)
         result = register_files(
             args.model,
             moving=args.moving,
@@ -90,6 +111,7 @@ def main(argv=None) -> int:
             warp_mm=args.warp_mm,
             config=args.config,
             affine_transform=args.affine_transform,
+            overwrite=args.overwrite,
             **cli.registration_options(args),
         )
     except cli.BAD_INPUT as error:

@@ -168,3 +168,107 @@ def test_warp_by_rows_equals_the_whole_warp(rows):
     np.testing.assert_array_equal(
         warp(labels, field, "nearest", rows=rows).numpy(), warp(labels, field, "nearest").numpy()
     )
+
+
+# ------------------------------------------------ extreme and non-finite coordinates
+
+#: Coordinates past int32 (2**31 ~ 2.1e9) and far beyond, non-finite ones, and ordinary ones.
+EXTREME = [2.2e9, -2.2e9, 3e9, -3e9, 1e20, -1e20, np.nan, np.inf, -np.inf]
+
+
+def numpy_resample(image, coords, interpolation, fill_value):
+    """Oracle in float64 for one `(*S)` image at `(*out, ndim)` coordinates: the documented
+    rules (border clamp or fill; NaN, or the fill / 0 for integers, at a non-finite one)."""
+    image = np.asarray(image)
+    shape = np.array(image.shape)
+    coords = np.asarray(coords, np.float64)
+    finite = np.all(np.isfinite(coords), axis=-1)
+    safe = np.where(np.isfinite(coords), coords, 0.0)
+    if interpolation == "nearest":
+        index = np.floor(safe + 0.5)
+        out = image[
+            tuple(
+                np.clip(index, 0, shape - 1).astype(np.int64).transpose(-1, *range(index.ndim - 1))
+            )
+        ]
+        if fill_value is not None:
+            out = np.where(np.all((index >= 0) & (index < shape), axis=-1), out, fill_value)
+    else:
+        lower = np.floor(safe)
+        frac = safe - lower
+        out = np.zeros(coords.shape[:-1])
+        for corner in np.ndindex(*(2,) * len(shape)):
+            index = lower + np.array(corner)
+            weight = np.prod(np.where(np.array(corner), frac, 1 - frac), axis=-1)
+            clipped = np.clip(index, 0, shape - 1).astype(np.int64)
+            value = image[tuple(np.moveaxis(clipped, -1, 0))].astype(np.float64)
+            if fill_value is not None:
+                value = np.where(np.all((index >= 0) & (index < shape), axis=-1), value, fill_value)
+            out += weight * value
+    if np.issubdtype(image.dtype, np.floating):
+        return np.where(finite, out, np.nan)
+    return np.where(finite, out, 0 if fill_value is None else fill_value).astype(image.dtype)
+
+
+def _extreme_coords(rng, shape, count=200):
+    """Random coordinates in and around the image, some axes set to `EXTREME` values; the
+    fractional parts stay away from the .5 ties of rounding."""
+    ndim = len(shape)
+    coords = rng.uniform(-3, np.array(shape) + 2, size=(count, ndim))
+    coords = np.floor(coords) + rng.uniform(0.05, 0.45, size=coords.shape)
+    hit = rng.uniform(size=coords.shape) < 0.3
+    coords[hit] = rng.choice(EXTREME, size=hit.sum())
+    coords[: len(EXTREME), 0] = EXTREME  # each value at least once, on the first axis
+    return coords.astype(np.float32)
+
+
+def _as_grid(coords):
+    """`(count, ndim)` points as the `(1, count, 1, ..., ndim)` grid `resample` reads."""
+    ndim = coords.shape[-1]
+    return coords.reshape(1, len(coords), *(1,) * (ndim - 1), ndim)
+
+
+@pytest.mark.parametrize("shape", [(7, 9), (5, 6, 4)])
+@pytest.mark.parametrize("fill_value", [None, -3.0])
+@pytest.mark.parametrize("interpolation", ["linear", "nearest"])
+def test_extreme_and_non_finite_coordinates_match_numpy(shape, fill_value, interpolation):
+    """Coordinates past int32 clamp to their own border (or give the fill) instead of wrapping
+    to voxel 0; non-finite ones give NaN, never some voxel's value."""
+    rng = np.random.default_rng(11)
+    image = rng.uniform(1, 2, size=shape).astype(np.float32)
+    coords = _extreme_coords(rng, shape)
+    out = resample(image[None, ..., None], _as_grid(coords), interpolation, fill_value)
+    out = out.numpy().reshape(-1)
+    expected = numpy_resample(image, coords, interpolation, fill_value)
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+    # Not trivial: both borders, the fill (if any) and NaN all occur.
+    assert np.isnan(out).sum() >= 3 and np.isfinite(out).sum() > 50
+    if fill_value is None:
+        assert np.any(out == image.flat[-1]) or interpolation == "linear"
+
+
+@pytest.mark.parametrize("fill_value", [None, 7])
+def test_integer_labels_at_non_finite_coordinates_get_the_fill_or_zero(fill_value):
+    rng = np.random.default_rng(12)
+    shape = (6, 5, 4)
+    labels = rng.integers(1, 5, size=shape).astype(np.int32)  # no voxel holds 0 (or 7)
+    coords = _extreme_coords(rng, shape)
+    out = resample(labels[None, ..., None], _as_grid(coords), "nearest", fill_value)
+    out = out.numpy().reshape(-1)
+    expected = numpy_resample(labels, coords, "nearest", fill_value)
+    np.testing.assert_array_equal(out, expected)
+    undefined = ~np.all(np.isfinite(coords), axis=-1)
+    assert undefined.sum() >= 3
+    np.testing.assert_array_equal(out[undefined], 0 if fill_value is None else fill_value)
+
+
+def test_huge_and_nan_displacements_in_a_warp():
+    """The warp of a 1D-like label volume: +2.2e9 reads the last voxel, NaN reads no voxel."""
+    labels = np.arange(1, 9, dtype=np.int32).reshape(1, 8, 1, 1)
+    field = np.zeros((1, 8, 1, 2), np.float32)
+    field[0, 2, 0, 0], field[0, 3, 0, 0], field[0, 4, 0, 0] = 2.2e9, -2.2e9, np.nan
+    out = warp(labels, field, "nearest").numpy()[0, :, 0, 0]
+    np.testing.assert_array_equal(out, [1, 2, 8, 1, 0, 6, 7, 8])
+    out = warp(labels.astype(np.float32), field, "linear").numpy()[0, :, 0, 0]
+    np.testing.assert_array_equal(out[[0, 1, 2, 3, 5]], [1, 2, 8, 1, 6])
+    assert np.isnan(out[4])

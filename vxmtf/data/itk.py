@@ -23,12 +23,13 @@ ITK's MATLAB (version 4) format, the one `ants.registration` writes.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 import scipy.io
+
+from vxmtf.atomic import atomic_write_text
 
 #: Header line of ITK's text transform format.
 ITK_HEADER = "#Insight Transform File V1.0"
@@ -97,7 +98,7 @@ def write_itk_affine(path, matrix, center=None) -> Path:
         f"{ITK_HEADER}\n#Transform 0\nTransform: {name}\n"
         f"Parameters: {_numbers(parameters)}\nFixedParameters: {_numbers(center_lps)}\n"
     )
-    _atomic_write_text(path, text)
+    atomic_write_text(path, text)
     return path
 
 
@@ -249,13 +250,3 @@ def _read_mat(path):
     parameters = np.asarray(contents[name], dtype=np.float64).reshape(-1)
     fixed = np.asarray(contents["fixed"], dtype=np.float64).reshape(-1)
     return name, parameters, fixed
-
-
-def _atomic_write_text(path, text):
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(text)
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()

@@ -43,6 +43,13 @@ def resample(image, coords, interpolation="linear", fill_value=None):
     `mode="grid-constant"`), so the result is continuous in the coordinates either way.
     Nearest-neighbour rounds each coordinate to the closest voxel centre.
 
+    Coordinates of any size keep these rules: they are clamped in floating point before the
+    integer cast, so one past int32 (about 2.1e9) reads the border (or `fill_value`) on its own
+    side instead of wrapping around. A non-finite coordinate (NaN, +-Inf) on any axis gives a
+    NaN sample for a floating-point image, in both interpolations (linear: its weights are NaN);
+    an integer image (nearest only) has no NaN and takes `fill_value` there, or 0 when
+    `fill_value` is None (never the value of some voxel).
+
     Args:
         image: `(batch, *in_spatial, channels)`, any dtype for "nearest", float for "linear".
         coords: `(batch, *out_spatial, ndim)` voxel coordinates into `in_spatial`, "ij" order.
@@ -74,15 +81,25 @@ def resample(image, coords, interpolation="linear", fill_value=None):
     if interpolation == "nearest":
         flat_index = batch_offset
         inside = None
+        finite = None
         for k in range(ndim):
-            index = tf.cast(tf.floor(comps[k] + 0.5), tf.int32)
+            # Clamped before the cast (-1 and size lie outside): no int32 wrap-around.
+            nearest = _clamp(tf.floor(comps[k] + 0.5), -1, sizes[k])
+            index = tf.cast(nearest, tf.int32)
             inside = _and(inside, _inside(index, sizes[k]), fill_value)
             flat_index = flat_index + tf.clip_by_value(index, 0, sizes[k] - 1) * strides[k]
+            axis_finite = tf.math.is_finite(comps[k])
+            finite = axis_finite if finite is None else tf.logical_and(finite, axis_finite)
         values = tf.gather(flat_image, flat_index)  # (batch, *out_spatial, channels)
         if fill_value is not None:
             fill = tf.cast(fill_value, values.dtype)
             values = tf.where(inside[..., None], values, fill)
-        return values
+        # A non-finite coordinate names no voxel: NaN (as linear gives), or the fill (0).
+        if values.dtype.is_floating:
+            undefined = tf.constant(float("nan"), values.dtype)
+        else:
+            undefined = tf.cast(0 if fill_value is None else fill_value, values.dtype)
+        return tf.where(finite[..., None], values, undefined)
 
     if not image.dtype.is_floating:
         raise TypeError(
@@ -94,8 +111,10 @@ def resample(image, coords, interpolation="linear", fill_value=None):
     axis_terms = []
     for k in range(ndim):
         lower = tf.floor(comps[k])
-        frac = comps[k] - lower
-        lower = tf.cast(lower, tf.int32)
+        frac = comps[k] - lower  # NaN for a non-finite coordinate: so is the sample
+        # Clamped before the cast (both neighbours of -2 and of size + 1 lie outside, as those
+        # of any coordinate beyond): no int32 wrap-around; the weights keep `frac`.
+        lower = tf.cast(_clamp(lower, -2, sizes[k] + 1), tf.int32)
         terms = []
         for step, weight in ((0, 1.0 - frac), (1, frac)):
             index = lower + step
@@ -197,6 +216,11 @@ def warp_rows(shape, budget=WARP_CHUNK_BYTES):
 def coordinate_dtype(dtype):
     """float64 stays float64; any other dtype (float16, bfloat16, integers) computes in float32."""
     return tf.float64 if dtype == tf.float64 else tf.float32
+
+
+def _clamp(position, low, high):
+    """`position` (float) clipped to the integers `[low, high]` (`high` an int32 tensor)."""
+    return tf.clip_by_value(position, tf.cast(low, position.dtype), tf.cast(high, position.dtype))
 
 
 def _inside(index, size):

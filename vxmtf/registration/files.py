@@ -39,11 +39,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 
+from vxmtf.atomic import atomic_paths, check_writable
 from vxmtf.data.geometry import (
     displacement_to_world,
     grid_mapping,
@@ -56,7 +58,10 @@ from vxmtf.registration.registrator import Registrator
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RegisteredFiles", "register_files"]
+__all__ = ["RegisteredFiles", "check_destinations", "register_files"]
+
+#: Endings of an ITK transform file (`vxmtf.data.itk.write_itk_affine`).
+ITK_ENDINGS = (".txt", ".tfm", ".mat")
 
 
 @dataclasses.dataclass
@@ -108,15 +113,89 @@ def _load(path, role: str) -> Volume:
         raise FileNotFoundError(f"The {role} file was not found: {path}") from error
 
 
-def _check_outputs(outputs: dict) -> None:
-    for path in outputs.values():
-        if path is not None:
+def _check_kinds(outputs: dict) -> None:
+    for name, path in outputs.items():
+        if path is not None and name != "affine_transform":
             file_kind(path)  # raises for an unknown ending
     if outputs.get("warp_mm") is not None and file_kind(outputs["warp_mm"]) != "nifti":
         raise ValueError(
             "The millimetre warp is an ITK/ANTs displacement field: expected a name ending in "
             f".nii or .nii.gz. Received: warp_mm={outputs['warp_mm']}"
         )
+    transform = outputs.get("affine_transform")
+    if transform is not None and not str(transform).lower().endswith(ITK_ENDINGS):
+        raise ValueError(
+            f"An ITK transform file must end with {', '.join(ITK_ENDINGS)}. "
+            f"Received: affine_transform={transform}"
+        )
+
+
+def _same_file(a, b) -> bool:
+    """Whether two paths name one file: equal once links are resolved, or (both existing) one
+    inode (a hard link)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def check_destinations(outputs: dict, inputs: dict, overwrite: bool = True, options=False) -> None:
+    """Raises unless every output can be written without losing anything, before any work.
+
+    Checks, in this order: each output's ending (a volume format; NIfTI for `warp_mm`; an ITK
+    transform ending for `affine_transform`); no output is an input or another output (the
+    same file once symbolic links are resolved, or a hard link to it); each output's folder
+    is writable (or can be created: `vxmtf.atomic.check_writable`); and, unless `overwrite`,
+    no output exists yet.
+
+    Args:
+        outputs: name -> destination (None: not written), e.g. `moved`, `warp`.
+        inputs: name -> file read (None, or anything that is not a path, is skipped), e.g.
+            `moving`, `fixed`, `model`.
+        overwrite: replace outputs that exist.
+        options: name the arguments as command-line options in errors (`--moved`,
+            `--overwrite`) instead of keyword arguments (`moved`, `overwrite=True`).
+
+    Raises:
+        ValueError: an unknown ending, or an output that is an input or another output.
+        IsADirectoryError, NotADirectoryError, PermissionError: an output that cannot be
+            written.
+        FileExistsError: an output that exists, without `overwrite`.
+    """
+
+    def label(name):
+        return f"--{name.replace('_', '-')}" if options else f"`{name}`"
+
+    def received(name, path):
+        return f"{label(name) if options else name}={path}"
+
+    _check_kinds(outputs)
+    outputs = {name: path for name, path in outputs.items() if path is not None}
+    inputs = {name: path for name, path in inputs.items() if isinstance(path, (str, os.PathLike))}
+    seen = {}
+    for name, path in outputs.items():
+        for other, other_path in [*inputs.items(), *seen.items()]:
+            if _same_file(path, other_path):
+                role = "input" if other in inputs else "output"
+                loss = "destroy the input" if role == "input" else "lose one of the two"
+                raise ValueError(
+                    f"The output {label(name)} is the {role} {label(other)}: expected a file of "
+                    f"its own (writing it would {loss}). "
+                    f"Received: {received(name, path)}, {received(other, other_path)}"
+                )
+        seen[name] = path
+    for name, path in outputs.items():
+        check_writable(path, label(name))
+    if not overwrite:
+        for name, path in outputs.items():
+            if os.path.lexists(path):
+                hint = label("overwrite") if options else "overwrite=True"
+                raise FileExistsError(
+                    f"The output {label(name)} exists: expected a new file, or {hint} to "
+                    f"replace it. Received: {received(name, path)}"
+                )
 
 
 def register_files(
@@ -132,6 +211,7 @@ def register_files(
     affine=None,
     affine_transform=None,
     refine=None,
+    overwrite=True,
 ) -> RegisteredFiles:
     """Registers a moving image file onto a fixed one and writes the results on the fixed grid.
 
@@ -153,15 +233,26 @@ def register_files(
             (`.txt`, `.tfm` or `.mat`; `vxmtf.data.itk.write_itk_affine`); needs `affine`.
         refine: test-time refinement (`Registrator(refine=...)`), when `model` is not a
             `Registrator` already.
+        overwrite: replace output files that exist (the default, as Keras's `Model.save`);
+            False refuses them (`FileExistsError`) before any work, as the command line does
+            without `--overwrite`.
+
+    Outputs are checked before anything is read (`check_destinations`: an output that is an
+    input or another output, or that cannot be written, is refused whatever `overwrite`), and
+    written all or none: each to a temporary file beside its destination, all moved into
+    place once every one is written (`vxmtf.atomic.atomic_paths`).
 
     Returns:
         A `RegisteredFiles`.
 
     Raises:
         FileNotFoundError: an input file or the model does not exist.
-        ValueError: an unreadable file, an unknown output ending, an image whose rank is not
-            the model's, a label map off its image's grid, grids that cannot be mapped, or
-            only one of `moving_labels` and `moved_labels`.
+        FileExistsError: an output exists and `overwrite` is False.
+        OSError: an output folder that cannot be written (`PermissionError`, ...).
+        ValueError: an unreadable file, an unknown output ending, an output that is an input
+            or another output, an image whose rank is not the model's, a label map off its
+            image's grid, grids that cannot be mapped, only one of `moving_labels` and
+            `moved_labels`, or a non-finite displacement (`Registrator.register`).
         TypeError: the model is not a VoxelMorph model.
     """
     start = time.perf_counter()
@@ -170,8 +261,21 @@ def register_files(
             "Expected both a moving label map and a destination for the moved one, or neither. "
             f"Received: moving_labels={moving_labels}, moved_labels={moved_labels}"
         )
-    outputs = {"moved": moved, "warp": warp, "moved_labels": moved_labels, "warp_mm": warp_mm}
-    _check_outputs(outputs)
+    outputs = {
+        "moved": moved,
+        "warp": warp,
+        "moved_labels": moved_labels,
+        "warp_mm": warp_mm,
+        "affine_transform": affine_transform,
+    }
+    inputs = {
+        "moving": moving,
+        "fixed": fixed,
+        "moving_labels": moving_labels,
+        "model": model,
+        "config": config,
+    }
+    check_destinations(outputs, inputs, overwrite)
     fixed_volume = _load(fixed, "fixed image")
     moving_volume = _load(moving, "moving image")
     labels, label_dtype = None, None
@@ -207,7 +311,7 @@ def register_files(
             labels,
             label_dtype,
             outputs,
-            affine_transform,
+            overwrite,
             start,
         )
     mapping = grid_mapping(moving_volume, fixed_volume)
@@ -238,7 +342,7 @@ def register_files(
     warped = None
     if label_array is not None:
         warped = registrator.warp_labels(label_array, result.displacement)
-    paths = _save_outputs(outputs, fixed_volume, result, warped, label_dtype)
+    paths = _save_outputs(outputs, overwrite, fixed_volume, result, warped, label_dtype)
     return RegisteredFiles(
         paths=paths,
         moving=Path(moving),
@@ -252,7 +356,7 @@ def register_files(
 
 
 def _register_affine_files(
-    registrator, moving, fixed, labels, label_dtype, outputs, affine_transform, start
+    registrator, moving, fixed, labels, label_dtype, outputs, overwrite, start
 ) -> RegisteredFiles:
     """`register_files` with the affine stage: the moving files are read on their own grid
     through the composed transform."""
@@ -268,9 +372,7 @@ def _register_affine_files(
         moving.array, fixed.array, moving.affine, fixed.affine, names=names
     )
     warped = None if labels is None else result.warp_moving(labels.array, "nearest")
-    paths = _save_outputs(outputs, fixed, result, warped, label_dtype)
-    if affine_transform is not None:
-        paths["affine_transform"] = write_itk_affine(affine_transform, result.affine.matrix)
+    paths = _save_outputs(outputs, overwrite, fixed, result, warped, label_dtype)
     return RegisteredFiles(
         paths=paths,
         moving=Path(moving.path),
@@ -284,19 +386,24 @@ def _register_affine_files(
     )
 
 
-def _save_outputs(outputs, fixed, result, warped_labels, label_dtype) -> dict:
-    """Writes the moved image, the displacement (and the moved labels, the ITK field in mm when
-    asked) on the fixed grid with its affine and header; returns name -> path."""
+def _save_outputs(outputs, overwrite, fixed, result, warped_labels, label_dtype) -> dict:
+    """Writes the moved image, the displacement (and the moved labels, the ITK field in mm, the
+    ITK affine when asked) on the fixed grid with its affine and header, all or none
+    (`atomic_paths`); returns name -> path."""
     grid, header = fixed.affine, fixed.header
-    paths = {
-        "moved": save_volume(outputs["moved"], result.moved.astype(np.float32), grid, header),
-        "warp": save_volume(outputs["warp"], result.displacement.astype(np.float32), grid, header),
-    }
-    if warped_labels is not None:
-        paths["moved_labels"] = save_volume(
-            outputs["moved_labels"], warped_labels, grid, header, dtype=label_dtype
-        )
-    if outputs.get("warp_mm") is not None:
-        field = displacement_to_world(result.displacement, grid, lps=True)
-        paths["warp_mm"] = save_itk_displacement(outputs["warp_mm"], field, grid, header)
-    return paths
+    wanted = {name: path for name, path in outputs.items() if path is not None}
+    if warped_labels is None:
+        wanted.pop("moved_labels", None)
+    if result.affine is None:
+        wanted.pop("affine_transform", None)
+    with atomic_paths(wanted, replace=overwrite) as temporary:
+        save_volume(temporary["moved"], result.moved.astype(np.float32), grid, header)
+        save_volume(temporary["warp"], result.displacement.astype(np.float32), grid, header)
+        if "moved_labels" in temporary:
+            save_volume(temporary["moved_labels"], warped_labels, grid, header, dtype=label_dtype)
+        if "warp_mm" in temporary:
+            field = displacement_to_world(result.displacement, grid, lps=True)
+            save_itk_displacement(temporary["warp_mm"], field, grid, header)
+        if "affine_transform" in temporary:
+            write_itk_affine(temporary["affine_transform"], result.affine.matrix)
+    return {name: Path(path) for name, path in wanted.items()}

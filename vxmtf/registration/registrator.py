@@ -30,6 +30,7 @@ import tensorflow as tf
 
 from vxmtf.affine import register_affine
 from vxmtf.checks import check_bool
+from vxmtf.data.finite import check_finite
 from vxmtf.data.geometry import compose_displacement, resample_to_grid, sample_through
 from vxmtf.data.preprocess import (
     PreprocessConfig,
@@ -148,6 +149,7 @@ class Registrator:
     Attributes:
         ndim: 2 or 3. `downsample`, `normalize`: the run's preprocessing.
         model_path, config_path: where the model and its configuration came from (or None).
+        model_name: how errors name the model (its path, else the Keras model's name).
         config: the `RunConfig` (or None). `inshape`: the model's input shape (None sizes
             free) for a Keras model, None for a SavedModel.
         tiled, slab: the arguments (`slab` None: automatic).
@@ -173,6 +175,8 @@ class Registrator:
         self.model_path = None
         if isinstance(model, (str, os.PathLike)):
             model = self.model_path = resolve_model_path(model)
+        #: How errors name the model: its path, else the Keras model's name.
+        self.model_name = str(self.model_path or getattr(model, "name", type(model).__name__))
         if config is None and self.model_path is not None:
             config = find_run_config(self.model_path)
         self.config_path = Path(config) if isinstance(config, (str, os.PathLike)) else None
@@ -248,9 +252,13 @@ class Registrator:
 
         Raises:
             ValueError: volumes of the wrong rank or of different shapes (without an affine
-                stage), affines missing for the affine stage, or a failed affine stage.
+                stage), affines missing for the affine stage, a failed affine stage, or a
+                non-finite displacement (NaN or Inf: non-finite model weights or inputs, or a
+                diverged refinement; the error names the model).
         """
         start = time.perf_counter()
+        for name, image in zip(names or ("moving", "fixed"), (moving, fixed), strict=True):
+            check_finite(image, f"`{name}`")
         if self.affine is not None:
             names = names or ("moving", "fixed")
             return self._register_affine(moving, fixed, moving_affine, fixed_affine, names, start)
@@ -263,6 +271,7 @@ class Registrator:
         if getattr(self.predictor, "prepares_inputs", False):
             # The SavedModel normalises, downsamples, registers, resizes and warps in its graph.
             displacement, moved = self.predictor.register_raw(moving, fixed)
+            self._check_finite(displacement, moving, fixed)
             return Registration(displacement, moved, time.perf_counter() - start)
         shape = np.shape(fixed)
         preprocess = self.preprocess
@@ -280,11 +289,38 @@ class Registrator:
         else:
             displacement = padding.undo(displacement.numpy()[0])  # (*P, ndim) -> (*C, ndim)
             displacement = resize_displacement(displacement, shape, self.downsample)
+        self._check_finite(displacement, moving, fixed)
         moved = None
         if warp_moving:
             rows = warp_rows(shape) if self.tiled else None
             moved = warp_volume(moving, displacement, rows=rows)
         return Registration(displacement, moved, time.perf_counter() - start, refinement=history)
+
+    def _check_finite(self, displacement, moving, fixed):
+        """Raises ValueError unless every displacement value is finite (a NaN or Inf field,
+        from non-finite weights or a diverged refinement, is never returned or written)."""
+        displacement = np.asarray(displacement)
+        bad = int(np.count_nonzero(~np.isfinite(displacement)))
+        if not bad:
+            return
+        inputs = [
+            f"{name} has {count} non-finite voxels"
+            for name, image in (("moving", moving), ("fixed", fixed))
+            if (count := int(np.count_nonzero(~np.isfinite(np.asarray(image, np.float32)))))
+        ]
+        if inputs:
+            cause = f"the inputs are not finite ({', '.join(inputs)})"
+        elif self.refine.enabled:
+            cause = (
+                "non-finite weights, or a refinement that diverged (try a smaller learning rate)"
+            )
+        else:
+            cause = "its weights are probably not finite (a training run that diverged)"
+        raise ValueError(
+            f"The model {self.model_name} gave a non-finite displacement: expected finite "
+            f"values; {cause}. Received: {bad} of {displacement.size} displacement values "
+            "NaN or Inf"
+        )
 
     def _refined(self, moving, fixed):
         """The network's field for the prepared pair, refined on it (`vxmtf.refine`)."""
