@@ -17,7 +17,8 @@ voxels whose Jacobian determinant is <= 0 (folding), SDlogJ and the time per pai
 
 Pairs: --pairs CSV, else every scan of --data to --atlas, else the registration_val pairs of
 --data; with no --data, the run's own data set when its config.json names one, else held-back
-synthetic validation pairs of the run's shape.
+synthetic validation pairs of the run's shape. An image with NaN or infinite voxels is refused
+(the error names the file and counts them).
 
 Dice excludes label 0 (background). A label absent from both label maps of a pair has no Dice
 (0/0): it is written as nan in dice.csv and left out of every mean. Each pair's Dice is the mean
@@ -38,6 +39,17 @@ submission format (disp_<fixed>_<moving>.npz: float16, half resolution, channels
 """
 
 
+def _positive_int(text: str) -> int:
+    """argparse type of a count >= 1 (argparse names the option in its message)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1. Received: {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m evaluate.dice",
@@ -54,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--labels", type=int, nargs="+", metavar="L", help="labels to score (default: all present)"
     )
-    p.add_argument("--max-pairs", type=int, help="evaluate only the first N pairs")
+    p.add_argument(
+        "--max-pairs", type=_positive_int, metavar="N", help="evaluate only the first N pairs"
+    )
     p.add_argument(
         "--synthetic-shape",
         type=int,

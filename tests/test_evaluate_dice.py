@@ -139,3 +139,38 @@ def test_atlas_needs_data(model_path, tmp_path, capsys):
     argv = ["--model", str(model_path), "--atlas", "a.nii.gz", "--out", str(tmp_path)]
     assert main(argv) == 2
     assert "An atlas needs a data set" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "two"])
+def test_max_pairs_must_be_a_positive_integer(model_path, tmp_path, capsys, value):
+    argv = ["--model", str(model_path), "--out", str(tmp_path / "eval"), "--max-pairs", value]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--max-pairs" in err and f"Received: {value}" in err
+    assert "num_val" not in err
+    assert not (tmp_path / "eval").exists()
+
+
+def test_missing_atlas_file_is_named(model_path, pairs_csv, tmp_path, capsys):
+    missing = tmp_path / "atlas.nii.gz"
+    argv = ["--model", str(model_path), "--data", str(pairs_csv.parent), "--atlas", str(missing)]
+    assert main([*argv, "--out", str(tmp_path / "eval"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"The atlas file does not exist: {missing}" in err
+    assert "No label map" not in err
+
+
+def test_non_finite_image_is_refused_naming_the_file(model_path, tmp_path, capsys):
+    names = _write_pair(tmp_path, 0, seed=0)
+    image = nib.load(names["moving"])
+    array = np.asanyarray(image.dataobj).copy()
+    array[1, 2, 3], array[4, 5, 6] = np.inf, np.nan
+    nib.save(nib.Nifti1Image(array, np.eye(4)), names["moving"])
+    columns = ["moving", "fixed", "moving_labels", "fixed_labels"]
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text(",".join(str(names[c]) for c in columns) + "\n")
+    argv = ["--model", str(model_path), "--pairs", str(pairs), "--out", str(tmp_path / "eval")]
+    assert main([*argv, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{names['moving']}: 2 of {array.size} voxels are not finite (NaN or Inf)" in err
+    assert not (tmp_path / "eval").exists()

@@ -608,3 +608,49 @@ def test_pretrained_lpba40_pair_through_the_c_api(lpba40_dir, tmp_path):
     served = np.nanmean(list(dice(warped.astype(labels.dtype), fixed_labels).values()))
     expected = np.nanmean(list(dice(reference_labels, fixed_labels).values()))
     assert abs(served - expected) < 0.003
+
+
+# --- what --model accepts ------------------------------------------------------------------
+
+
+def _small_2d():
+    return make_model((16, 16), int_steps=0, enc_features=(4, 4), dec_features=(4, 4, 4))
+
+
+def test_command_line_exports_a_run_folder_with_its_config(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    RAW_CONFIG.save(run / "config.json")
+    model = _small_2d()
+    model.save(run / "best.keras")
+    base = tmp_path / "models"
+    assert main(["--model", str(run), "--base-dir", str(base), "--untiled"]) == 0
+    version = base / "vxm" / "1"
+    assert capsys.readouterr().out.strip() == str(version)
+    record = read_preprocessing(version)
+    assert record["config"] == str(run / "config.json") and record["downsample"] == 2
+    assert (version / "saved_model.pb").is_file()
+
+
+def test_command_line_refuses_a_saved_model_and_corrupt_or_missing_files(tmp_path, capsys):
+    export_dir = export_saved_model(_small_2d(), tmp_path / "first", tiled=False)
+    capsys.readouterr()
+    base = tmp_path / "models"
+    for given in (export_dir, export_dir.parent):  # a version folder, a folder of versions
+        assert main(["--model", str(given), "--base-dir", str(base)]) == 2
+        err = capsys.readouterr().err
+        assert f"error: {given} is a SavedModel export ({export_dir})" in err
+        assert "needs the trained .keras model or the training run folder" in err
+    corrupt = tmp_path / "corrupt.keras"
+    corrupt.write_bytes(b"PK\x03\x04 truncated")
+    assert main(["--model", str(corrupt), "--base-dir", str(base)]) == 2
+    err = capsys.readouterr().err
+    assert f"The model file {corrupt} exists but is not a readable Keras model" in err
+    missing = tmp_path / "run"  # neither a file nor a folder
+    assert main(["--model", str(missing), "--base-dir", str(base)]) == 2
+    assert f"error: Model not found: {missing}" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["--model", str(empty), "--base-dir", str(base)]) == 2
+    assert f"error: {empty} is not a model" in capsys.readouterr().err
+    assert not base.exists()

@@ -44,7 +44,8 @@ trained weights; so one export serves volumes of any size, whatever size the mod
 on, and computes in float32 even if the model was trained under `mixed_float16`.
 
 Command line: `python -m vxmtf.export --model model.keras --base-dir models [--config
-config.json] [--version N] [--untiled] [--xla]`.
+config.json] [--version N] [--untiled] [--xla]`; `--model` may also be a training run folder
+(its `best.keras`, else `last.keras`, and its `config.json`), not a SavedModel.
 """
 
 import argparse
@@ -74,7 +75,7 @@ from vxmtf.ops.prepare import (
 )
 from vxmtf.ops.resample import warp
 from vxmtf.training.config import RunConfig
-from vxmtf.training.run_folder import find_run_config, load_run_config
+from vxmtf.training.run_folder import find_run_config, load_run_config, resolve_model_path
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +104,8 @@ def export_saved_model(
     the temporary folder is removed, so no half-written version is ever visible.
 
     Args:
-        model: a `vxmtf.networks.VxmDense`, or the path of a `.keras` file holding one.
+        model: a `vxmtf.networks.VxmDense`, the path of a `.keras` file holding one, or a
+            training run folder (its `best.keras`, else `last.keras`; `resolve_model_path`).
         base_dir: folder of exported models; created if missing.
         model_name: sub-folder for this model (TF Serving's `--model_name`).
         version: integer version >= 0; None takes one more than the largest existing version
@@ -133,7 +135,7 @@ def export_saved_model(
             one).
         TypeError: `config` is not a `RunConfig` or a path; `tiled`, `preprocess` not bools.
         FileNotFoundError, ValueError: the model or configuration file is missing or
-            unreadable.
+            unreadable, or `model` is a SavedModel folder (not a Keras model).
         ValueError: `version` is not a non-negative integer, `model_name` is not a plain name,
             or `tiled` with `jit_compile`.
         FileExistsError: that version already exists (the error names its path).
@@ -147,8 +149,8 @@ def export_saved_model(
             "XLA (jit_compile=True) needs the static shapes of the whole network: export with "
             f"tiled=False. Received: tiled={tiled}, jit_compile={jit_compile}"
         )
-    model_path = Path(model) if isinstance(model, (str, os.PathLike)) else None
-    model = as_vxm_dense(model)
+    model_path = _keras_model_path(model) if isinstance(model, (str, os.PathLike)) else None
+    model = as_vxm_dense(model if model_path is None else model_path)
     if version is not None:
         check_int("version", version, minimum=0)
     if not model_name or Path(model_name).name != model_name or model_name.startswith("."):
@@ -228,6 +230,25 @@ def read_preprocessing(export_dir):
 def padding_multiple(model):
     """Size every spatial axis is padded to a multiple of (`VxmDense.size_multiple`)."""
     return model.size_multiple
+
+
+def _keras_model_path(model) -> Path:
+    """The `.keras` file a `model` path names: the file itself, or the model of a training run
+    folder (`resolve_model_path`: `best.keras`, else `last.keras`).
+
+    Raises:
+        FileNotFoundError: nothing at `model`.
+        ValueError: `model` names a SavedModel (an export holds no Keras model to export again)
+            or is not a model at all.
+    """
+    path = resolve_model_path(model)
+    if not path.is_file():
+        raise ValueError(
+            f"{model} is a SavedModel export ({path}): exporting needs the trained .keras model "
+            "or the training run folder holding it (best.keras or last.keras); a SavedModel "
+            f"holds no Keras model to export again. Received: model={model}"
+        )
+    return path
 
 
 def _resolve_config(config, model_path, base_dir, name):
@@ -410,7 +431,11 @@ def main(argv=None):
         "<base-dir>/<name>/<version>/.",
         formatter_class=cli.HelpFormatter,
     )
-    parser.add_argument("--model", required=True, help="path of the trained .keras model")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="the trained .keras model, or a training run folder (its best.keras, else last.keras)",
+    )
     parser.add_argument("--base-dir", required=True, help="folder of exported models")
     parser.add_argument("--name", default="vxm", help="model name (sub-folder)")
     parser.add_argument(

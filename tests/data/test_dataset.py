@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from vxmtf.data import io
-from vxmtf.data.dataset import Dataset, Scan, find_label, load_dataset
+from vxmtf.data.dataset import Dataset, Scan, check_label_values, find_label, load_dataset
 
 
 def _write(path, shape=(4, 5, 6), value=0):
@@ -264,3 +264,89 @@ def test_dataset_arguments_checked(tmp_path):
     with pytest.raises(TypeError, match="scan"):
         Dataset(images=["a"], atlas=3)
     assert Dataset(images=["a"], label_values=[5, 2]).label_values == [0, 2, 5]
+
+
+# Voxel checks (Dataset.check_voxels, check_label_values)
+
+
+def _labelled_folder(tmp_path, values=(0, 4, 9)):
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    for n, name in enumerate(("a", "b", "c")):
+        array = np.zeros((4, 5, 6), np.int16)
+        array[: len(values)] = np.array(values).reshape(-1, 1, 1)
+        io.save_volume(images / f"{name}.nii.gz", array.astype(np.float32) + n)
+        io.save_volume(labels / f"{name}.nii.gz", array)
+    return images, labels
+
+
+def test_check_voxels_finds_the_label_values_of_a_folder(tmp_path):
+    images, labels = _labelled_folder(tmp_path, values=(3, 4, 9))
+    dataset = load_dataset(images, labels=labels)
+    assert dataset.label_values is None
+    assert dataset.check_voxels() == [0, 3, 4, 9]  # background always included
+    assert dataset.check_voxels(labels=False) is None
+    assert load_dataset(images).check_voxels() is None  # no label maps at all
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_check_voxels_refuses_non_finite_images(tmp_path, value):
+    images, labels = _labelled_folder(tmp_path)
+    array = io.load_volume(images / "b.nii.gz").array
+    array[0, 0, :3] = value
+    io.save_volume(images / "b.nii.gz", array)
+    dataset = load_dataset(images, labels=labels)
+    message = f"{images / 'b.nii.gz'}: 3 of 120 voxels are not finite"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        dataset.check_voxels(labels=False)
+
+
+def test_check_voxels_refuses_non_integer_and_negative_labels(tmp_path):
+    images, labels = _labelled_folder(tmp_path)
+    array = io.load_volume(labels / "c.nii.gz").array.astype(np.float32)
+    array[1, 1, 1] = 0.5
+    io.save_volume(labels / "c.nii.gz", array)
+    dataset = load_dataset(images, labels=labels)
+    dataset.check_voxels(labels=False)  # labels not read
+    with pytest.raises(
+        ValueError, match=rf"{re.escape(str(labels / 'c.nii.gz'))} must hold integer"
+    ):
+        dataset.check_voxels()
+    array[1, 1, 1] = -2
+    io.save_volume(labels / "c.nii.gz", array)
+    with pytest.raises(ValueError, match=r"c\.nii\.gz holds negative values.*min=-2"):
+        dataset.check_voxels()
+
+
+def test_check_voxels_refuses_a_label_map_off_its_image_grid(tmp_path):
+    images, labels = _labelled_folder(tmp_path)
+    label_map = io.load_volume(labels / "a.nii.gz")
+    io.save_volume(labels / "a.nii.gz", label_map.array, affine=np.diag([2.0, 1.0, 1.0, 1.0]))
+    with pytest.raises(ValueError, match=r"a\.nii\.gz must lie on the grid of its image"):
+        load_dataset(images, labels=labels).check_voxels()
+
+
+def test_check_voxels_refuses_values_the_json_labels_do_not_list(tmp_path):
+    _labelled_folder(tmp_path, values=(0, 4, 9))
+    description = {
+        "name": "toy",
+        "labels": {"0": "background", "4": "four"},
+        "training": [
+            {"image": f"./images/{n}.nii.gz", "label": f"./labels/{n}.nii.gz"} for n in "abc"
+        ],
+    }
+    (tmp_path / "toy.json").write_text(json.dumps(description))
+    dataset = load_dataset(tmp_path / "toy.json")
+    label = re.escape(str(tmp_path / "labels" / "a.nii.gz"))
+    with pytest.raises(ValueError, match=rf"{label} holds label values \[9\] .* dataset 'toy'"):
+        dataset.check_voxels()
+    description["labels"]["9"] = "nine"
+    (tmp_path / "toy.json").write_text(json.dumps(description))
+    assert load_dataset(tmp_path / "toy.json").check_voxels() == [0, 4, 9]
+
+
+def test_check_label_values_lists_at_most_ten_unknown_values():
+    check_label_values([0, 2, 2], [0, 1, 2], "x.nii.gz")
+    with pytest.raises(
+        ValueError, match=r"x\.nii\.gz holds label values \[3, 4.*12\] \(and 2 more"
+    ):
+        check_label_values(np.arange(15), [0, 1, 2], "x.nii.gz")

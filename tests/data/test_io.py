@@ -259,3 +259,38 @@ def test_non_numeric_array_rejected(tmp_path):
     with pytest.raises(TypeError, match="dtype"):
         io.save_volume(tmp_path / "x.nii.gz", np.array([["a"]]))
     assert list(tmp_path.iterdir()) == []
+
+
+# Non-finite voxels
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".npy", ".npz"])
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_non_finite_voxels_are_refused_naming_the_file(tmp_path, suffix, bad):
+    array = np.random.default_rng(0).normal(size=(6, 5, 4)).astype(np.float32)
+    array[1, 2, 3] = bad
+    array[0, 0, 0] = bad
+    path = io.save_volume(tmp_path / f"image{suffix}", array)
+    with pytest.raises(ValueError) as raised:
+        io.load_volume(path)
+    message = str(raised.value)
+    assert message.startswith(f"{path}: 2 of 120 voxels are not finite (NaN or Inf)")
+    # Opting out reads the voxels as stored.
+    loaded = io.load_volume(path, finite=False).array
+    np.testing.assert_array_equal(loaded, array)
+
+
+def test_finite_and_integer_volumes_are_read(tmp_path):
+    path = io.save_volume(
+        tmp_path / "labels.nii.gz", np.arange(24, dtype=np.int16).reshape(2, 3, 4)
+    )
+    assert io.load_volume(path).array.sum() == sum(range(24))
+
+
+def test_label_map_with_nan_keeps_its_own_message(tmp_path):
+    image = io.save_volume(tmp_path / "image.nii.gz", np.ones((4, 4, 4), np.float32))
+    labels = np.zeros((4, 4, 4), np.float32)
+    labels[1, 1, 1] = np.nan
+    path = io.save_volume(tmp_path / "labels.nii.gz", labels)
+    with pytest.raises(ValueError, match="moving label map .* must hold integer labels"):
+        io.load_label_map(path, io.load_volume(image), "moving label map")

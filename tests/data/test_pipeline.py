@@ -201,6 +201,50 @@ def test_errors(toy, tmp_path):
         make_pair_dataset(mixed, "pairs")
 
 
+def _bad_label_dataset(toy, tmp_path, change):
+    """The toy dataset with the label map of training subject 3 replaced by `change(map)`."""
+    dataset, _ = toy
+    labels = list(dataset.labels)
+    array = change(io.load_volume(labels[3]).array)
+    labels[3] = io.save_volume(tmp_path / "s3_bad.nii.gz", array)
+    scans = [3, 4]  # training subjects only
+    return Dataset(
+        images=[dataset.images[i] for i in scans],
+        labels=[labels[i] for i in scans],
+        label_values=dataset.label_values,
+        name="toy",
+    )
+
+
+def _with_value(value, dtype):
+    def change(array):
+        array = array.astype(dtype)
+        array[0, 0, 0] = value
+        return array
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_with_value(5, np.uint8), r"s3_bad\.nii\.gz holds label values \[5\]"),
+        (_with_value(2.5, np.float32), r"s3_bad\.nii\.gz must hold integer labels"),
+    ],
+)
+def test_label_maps_checked_as_read(toy, tmp_path, change, message):
+    # An unlisted value would become background, a float label would be truncated: both are
+    # refused by the reader (training checks every file first, `Dataset.check_voxels`).
+    dataset = _bad_label_dataset(toy, tmp_path, change)
+    pipeline = make_pair_dataset(dataset, "pairs", preprocess=CONFIG, with_labels=True)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        _take(pipeline, 2)
+    with pytest.raises(ValueError, match=message):
+        dataset.check_voxels()
+    # Without labels the label maps are not read.
+    assert len(_take(make_pair_dataset(dataset, "pairs", preprocess=CONFIG), 2)) == 2
+
+
 # Synthetic source
 
 

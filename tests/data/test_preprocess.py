@@ -33,6 +33,18 @@ def test_percentile_matches_numpy():
     assert out.min() == 0.0 and out.max() == 1.0
 
 
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+def test_preprocess_image_refuses_non_finite_voxels(bad):
+    # One infinite voxel would otherwise be the min-max maximum and scale the rest to 0.
+    x = _rng().normal(size=(8, 8, 8)).astype(np.float32)
+    x[3, 4, 5] = bad
+    config = P.PreprocessConfig(multiple=4)
+    with pytest.raises(ValueError, match=r"^`fixed`: 1 of 512 voxels are not finite"):
+        P.preprocess_image(x, config, name="`fixed`")
+    with pytest.raises(ValueError, match=r"^image: 1 of 512 voxels are not finite"):
+        P.preprocess_image(x, config)
+
+
 def test_normalisation_edge_cases():
     np.testing.assert_array_equal(P.normalize_intensity(np.full((3, 3), 5.0)), 0.0)
     x = np.array([[np.nan, 2.0], [4.0, 0.0]])

@@ -1,6 +1,8 @@
 """`vxmtf.networks.loading`: one loader for `.keras` VxmDense files, one error for other models,
 and the float32 free-shape clone."""
 
+import zipfile
+
 import keras
 import numpy as np
 import pytest
@@ -22,7 +24,7 @@ def test_loads_a_saved_model_and_names_bad_files(tmp_path):
         load_vxm_dense(tmp_path / "nope.keras")
     junk = tmp_path / "junk.keras"
     junk.write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match=r"Could not load the Keras model .*junk.keras"):
+    with pytest.raises(ValueError, match=r"The model file .*junk.keras exists but is not a"):
         load_vxm_dense(junk)
     other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     other.save(tmp_path / "dense.keras")
@@ -50,3 +52,35 @@ def test_float32_clone_has_free_or_given_sizes_and_the_weights(inshape):
     pair = [rng.uniform(size=(1, 32, 16, 1)).astype("float32") for _ in range(2)]
     if inshape is None:
         assert clone(pair)["displacement"].shape == (1, 32, 16, 2)
+
+
+def _saved(tmp_path):
+    path = tmp_path / "m.keras"
+    VxmDense((16, 16), int_steps=0, **SMALL).save(path)
+    return path
+
+
+@pytest.mark.parametrize("corruption", ["garbage", "truncated", "empty", "no config"])
+def test_a_corrupt_file_is_said_to_exist_not_to_be_missing(tmp_path, corruption):
+    good = _saved(tmp_path).read_bytes()
+    bad = tmp_path / "bad.keras"
+    if corruption == "garbage":
+        bad.write_bytes(b"not a zip")
+    elif corruption == "truncated":
+        bad.write_bytes(good[: len(good) // 2])
+    elif corruption == "empty":
+        bad.write_bytes(b"")
+    else:
+        with zipfile.ZipFile(bad, "w") as archive:
+            archive.writestr("metadata.json", "{}")
+    with pytest.raises(ValueError) as raised:
+        load_vxm_dense(bad)
+    message = str(raised.value)
+    assert f"The model file {bad} exists but is not a readable Keras model" in message
+    assert "Received: error=" in message
+    assert "not found" not in message.lower()
+
+
+def test_a_folder_is_not_a_model_file(tmp_path):
+    with pytest.raises(ValueError, match=r"is a folder, not a .keras model file"):
+        load_vxm_dense(tmp_path)

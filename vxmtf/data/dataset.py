@@ -25,6 +25,14 @@ the atlas and the validation subjects. :meth:`Dataset.training_scans` (default
 ``exclude_val=True``) drops every image that appears in ``registration_val`` or is the atlas,
 so that validation measures registration of unseen subjects. For LPBA40 this leaves the 30
 subjects 11-40 (atlas: subject 1; validation: subjects 6-10).
+
+Checks: :meth:`Dataset.validate` reads file headers only (existence, rank, shapes);
+:meth:`Dataset.check_voxels` reads every file once: images must be finite
+(:func:`vxmtf.data.finite.check_finite`), label maps must hold integers on their image's grid
+(:func:`vxmtf.data.io.load_label_map`, as registration and evaluation require) and, when the
+dataset lists its ``label_values`` (a JSON ``labels``), only listed values
+(:func:`check_label_values`): an unlisted value would otherwise become background. Without
+listed values, the values found in the label maps are the dataset's labels.
 """
 
 from __future__ import annotations
@@ -39,7 +47,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from vxmtf.data.io import SUFFIXES, read_shape
+from vxmtf.data.finite import check_finite
+from vxmtf.data.io import SUFFIXES, load_label_map, load_volume, read_shape
 
 logger = logging.getLogger(__name__)
 
@@ -259,6 +268,75 @@ class Dataset:
                     )
         logger.info("Dataset '%s': %d files checked, shape %s", self.name, len(scans), shape)
         return shape
+
+    def check_voxels(
+        self, labels: bool = True, scans: list[Scan] | None = None
+    ) -> list[int] | None:
+        """Reads every file (after :meth:`validate`) and checks its voxels.
+
+        Each image must hold finite intensities; with ``labels``, each label map must hold
+        integers (a file of floats may store whole numbers) on its image's grid, and when
+        :attr:`label_values` is known, only values it lists.
+
+        Args:
+            labels: also read and check the label maps (of the scans that have one).
+            scans: the scans to check; default :meth:`all_scans`.
+
+        Returns:
+            With ``labels``: the sorted label values found, ``0`` (background) first, or
+            ``None`` when no scan has a label map. Without: ``None``.
+
+        Raises:
+            FileNotFoundError: naming a missing file.
+            ValueError: naming the file: non-finite image voxels (and how many), non-integer
+                or negative labels, a label map off its image's grid, or label values that
+                :attr:`label_values` does not list (:func:`check_label_values`).
+        """
+        scans = self.all_scans() if scans is None else scans
+        logger.info("Dataset '%s': reading %d scans to check their voxels", self.name, len(scans))
+
+        def check(scan: Scan) -> np.ndarray | None:
+            image = load_volume(scan.image)
+            check_finite(image.array, str(scan.image))
+            if not labels or scan.label is None:
+                return None
+            values = np.unique(load_label_map(scan.label, image).volume.array)
+            if self.label_values is not None:
+                check_label_values(values, self.label_values, scan.label, self.name)
+            elif values.size and values[0] < 0:
+                raise ValueError(
+                    f"The label map {scan.label} holds negative values: expected label values "
+                    f">= 0 (0 is background). Received: min={int(values[0])}"
+                )
+            return values
+
+        results = [v for v in map(check, scans) if v is not None]
+        if not results:
+            return None
+        return sorted({0, *(int(v) for values in results for v in values)})
+
+
+def check_label_values(values, label_values, path, dataset: str = "dataset") -> None:
+    """Raises unless every value in ``values`` (those of the label map at ``path``) is one of
+    ``label_values`` (a dataset JSON's ``labels``).
+
+    Training maps ``label_values[k]`` to class ``k``; an unlisted value would silently become
+    background, so it is refused here, as registration and evaluation never drop a label.
+
+    Raises:
+        ValueError: naming the file and the unlisted values.
+    """
+    unknown = np.setdiff1d(np.asarray(values, np.int64), np.asarray(label_values, np.int64))
+    if unknown.size:
+        shown = unknown.tolist()[:10]
+        more = f" (and {unknown.size - len(shown)} more)" if unknown.size > len(shown) else ""
+        raise ValueError(
+            f"The label map {path} holds label values {shown}{more} that the `labels` of "
+            f"dataset '{dataset}' do not list: expected only the listed values "
+            f"{list(label_values)[:10]}{'...' if len(label_values) > 10 else ''} (add the "
+            f"missing values to the dataset JSON's `labels`, or remove them from the label "
+            f"map). Received: unknown_values={shown}"
+        )
 
 
 def _as_scan(value) -> Scan:

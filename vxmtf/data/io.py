@@ -3,7 +3,8 @@
 Files keep their geometry: :func:`load_volume` returns the voxel array together with its 4x4
 voxel-to-world affine and (for NIfTI) the header, and :func:`save_volume` writes them back.
 Writes are atomic (:func:`vxmtf.atomic.atomic_path`): a failed write never truncates an existing
-file. :func:`load_label_map` reads a label map and checks it against its image.
+file. :func:`load_label_map` reads a label map and checks it against its image. Files with NaN
+or infinite voxels are refused when read (:func:`vxmtf.data.finite.check_finite`).
 
 :func:`read_shape` reads only what is needed to know a file's array shape (the NIfTI header, the
 ``.npy`` header, or the header of the array inside a ``.npz`` archive), so that a dataset can be
@@ -28,6 +29,7 @@ import nibabel as nib
 import numpy as np
 
 from vxmtf.atomic import atomic_path
+from vxmtf.data.finite import check_finite
 
 logger = logging.getLogger(__name__)
 
@@ -176,45 +178,60 @@ def _expected(kind: str) -> str:
     }[kind]
 
 
-def load_volume(path: str | os.PathLike) -> Volume:
+def load_volume(path: str | os.PathLike, finite: bool = True) -> Volume:
     """Reads a volume file with its affine and header.
 
     NIfTI intensities are returned with the file's scaling applied (``scl_slope``/``scl_inter``)
     in the stored dtype when unscaled. ``.npz`` archives may carry a ``(4, 4)`` ``affine`` array
     next to ``vol``; otherwise the affine is the identity.
 
+    Non-finite voxels (NaN, +-Inf) are refused by default: one of them is enough to spoil the
+    min-max normalisation of registration and training (an infinite maximum scales every other
+    voxel to 0) and NaNs would pass into the moved image. A file holding them needs fixing (e.g.
+    NaN background set to 0) before it is registered, evaluated or trained on.
+
     Args:
         path: a ``.nii``, ``.nii.gz``, ``.npy`` or ``.npz`` file.
+        finite: refuse a file with non-finite voxels (`vxmtf.data.finite.check_finite`); False
+            reads the voxels as stored.
 
     Returns:
         A :class:`Volume`.
 
     Raises:
         FileNotFoundError: if the file does not exist.
-        ValueError: if the ending is unknown or the file is unreadable or corrupt.
+        ValueError: if the ending is unknown, the file is unreadable or corrupt, or (with
+            `finite`) it holds NaN or infinite voxels ("<path>: N of M voxels are not finite").
     """
     path = Path(path)
     kind = file_kind(path)
     _check_exists(path)
     try:
-        if kind == "nifti":
-            image = nib.load(path)
-            array = np.asanyarray(image.dataobj)
-            array = array.reshape(_squeeze_trailing(array.shape))
-            return Volume(array, np.asarray(image.affine, np.float64), image.header.copy(), path)
-        if kind == "npy":
-            return Volume(np.load(path, allow_pickle=False), np.eye(4), None, path, False)
-        with np.load(path, allow_pickle=False) as archive:
-            array = archive[_npz_member(archive, path)]
-            affine, has_affine = np.eye(4), False
-            if NPZ_AFFINE_KEY in archive.files and archive[NPZ_AFFINE_KEY].shape == (4, 4):
-                affine = np.asarray(archive[NPZ_AFFINE_KEY], np.float64)
-                has_affine = True
-        return Volume(array, affine, None, path, has_affine)
+        volume = _read_volume(path, kind)
     except _READ_ERRORS as error:
         if isinstance(error, ValueError) and str(error).startswith("Could not read"):
             raise
         raise _unreadable(path, _expected(kind), error) from error
+    if finite:
+        check_finite(volume.array, str(path))
+    return volume
+
+
+def _read_volume(path: Path, kind: str) -> Volume:
+    if kind == "nifti":
+        image = nib.load(path)
+        array = np.asanyarray(image.dataobj)
+        array = array.reshape(_squeeze_trailing(array.shape))
+        return Volume(array, np.asarray(image.affine, np.float64), image.header.copy(), path)
+    if kind == "npy":
+        return Volume(np.load(path, allow_pickle=False), np.eye(4), None, path, False)
+    with np.load(path, allow_pickle=False) as archive:
+        array = archive[_npz_member(archive, path)]
+        affine, has_affine = np.eye(4), False
+        if NPZ_AFFINE_KEY in archive.files and archive[NPZ_AFFINE_KEY].shape == (4, 4):
+            affine = np.asarray(archive[NPZ_AFFINE_KEY], np.float64)
+            has_affine = True
+    return Volume(array, affine, None, path, has_affine)
 
 
 def _storage_dtype(array: np.ndarray) -> np.dtype:
@@ -376,7 +393,7 @@ def load_label_map(path, image: Volume | None = None, role: str = "label map") -
         ValueError: unreadable, off its image's grid, or non-integer values.
     """
     try:
-        labels = load_volume(path)
+        labels = load_volume(path, finite=False)  # non-finite labels: refused below
     except FileNotFoundError as error:
         raise FileNotFoundError(f"The {role} file was not found: {path}") from error
     if image is not None:

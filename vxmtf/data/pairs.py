@@ -55,8 +55,14 @@ def voxel_spacing(affine, ndim: int) -> np.ndarray:
 
 
 def file_pair(moving: Scan, fixed: Scan, label_names=None) -> PairSource:
-    """A pair of files, each an image with its label map (checked when loaded)."""
-    for scan in (moving, fixed):
+    """A pair of files, each an image with its label map (checked when loaded).
+
+    Raises:
+        FileNotFoundError: an image file does not exist, or an image has no label map.
+    """
+    for role, scan in (("moving", moving), ("fixed", fixed)):
+        if not Path(scan.image).is_file():
+            raise FileNotFoundError(f"The {role} image file does not exist: {scan.image}")
         if scan.label is None:
             raise FileNotFoundError(
                 f"No label map for {scan.image}: Dice needs one for every image (give it in the "
@@ -84,6 +90,8 @@ def dataset_pairs(dataset, to_atlas: bool = False) -> list[PairSource]:
     if to_atlas:
         if dataset.atlas is None:
             raise ValueError(f"Dataset '{dataset.name}' has no atlas. Received: atlas=None")
+        if not Path(dataset.atlas.image).is_file():
+            raise FileNotFoundError(f"The atlas file does not exist: {dataset.atlas.image}")
         atlas = Path(dataset.atlas.image).resolve()
         scans = [s for s in dataset.scans if Path(s.image).resolve() != atlas]
         return [file_pair(scan, dataset.atlas, dataset.label_names) for scan in scans]

@@ -17,10 +17,13 @@ One epoch visits every training scan once as moving, in an order shuffled with `
 (reshuffled every epoch, the same sequence for the same seed). In ``"pairs"`` mode the fixed
 scan is drawn from a seeded random stream (with ``shuffle=False``: the next scan in the list).
 Files are read and preprocessed in parallel tf.data workers, one :func:`tf.numpy_function` call
-per file; ``cache=True`` keeps the preprocessed single volumes in memory (never the pairs, so
-pairs stay random). The atlas is read once. For a :class:`SyntheticPairs` source, each element is
-one generated pair: index ``i`` of a seeded shuffle of ``range(size)``, or of a seeded random
-stream when ``size`` is ``None``.
+per file, each checked as it is read (finite image voxels; integer label maps holding only
+``Dataset.label_values`` when known): a bad file stops the iteration with an error, so check
+every file first with :meth:`Dataset.check_voxels`, as training does. ``cache=True`` keeps the
+preprocessed single volumes in memory (never the pairs, so pairs stay random). The atlas is
+read once. For a :class:`SyntheticPairs` source, each element is one generated pair: index
+``i`` of a seeded shuffle of ``range(size)``, or of a seeded random stream when ``size`` is
+``None``.
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ import threading
 import numpy as np
 import tensorflow as tf
 
-from vxmtf.data.dataset import Dataset, Scan
-from vxmtf.data.io import load_volume, read_shape
+from vxmtf.data.dataset import Dataset, Scan, check_label_values
+from vxmtf.data.io import load_label_map, load_volume, read_shape
 from vxmtf.data.preprocess import PreprocessConfig, preprocess_image, preprocess_labels
 from vxmtf.data.synthetic import SyntheticPairs
 
@@ -75,8 +78,9 @@ def pipeline_shape(
 class _VolumeReader:
     """Reads and preprocesses single volumes by scan index, with an optional memory cache."""
 
-    def __init__(self, scans, preprocess, label_values, shape, cache, pinned=()):
+    def __init__(self, scans, preprocess, label_values, shape, cache, pinned=(), name="dataset"):
         self.scans = list(scans)
+        self.name = name
         self.preprocess = preprocess
         self.label_values = label_values
         self.shape = tuple(shape)
@@ -88,7 +92,12 @@ class _VolumeReader:
     def _load(self, kind: str, index: int) -> np.ndarray:
         scan = self.scans[index]
         path = scan.image if kind == "image" else scan.label
-        volume = load_volume(path).array
+        if kind == "image":
+            volume = load_volume(path).array  # refuses non-finite voxels
+        else:  # integer values (as registration and evaluation require), all of them listed
+            volume = load_label_map(path).volume.array
+            if self.label_values is not None:
+                check_label_values(volume, self.label_values, path, self.name)
         if volume.ndim != len(self.shape):
             raise ValueError(
                 f"{path} has rank {volume.ndim}, expected {len(self.shape)}. "
@@ -283,7 +292,9 @@ def make_pair_dataset(
             f"Expected at least {minimum} training scan(s) for mode='{mode}'. "
             f"Received: {count} in dataset '{source.name}'"
         )
-    reader = _VolumeReader(scans, preprocess, source.label_values, shape, cache, pinned)
+    reader = _VolumeReader(
+        scans, preprocess, source.label_values, shape, cache, pinned, source.name
+    )
     logger.info(
         "Pairs from '%s': %d training scans, mode=%s, shape %s", source.name, count, mode, shape
     )
@@ -331,7 +342,7 @@ def make_validation_dataset(
     elif with_labels and not labelled:
         missing = next(s.image for s in scans if s.label is None)
         raise ValueError(f"Validation image {missing} has no label map. Received: with_labels=True")
-    reader = _VolumeReader(scans, preprocess, source.label_values, shape, cache)
+    reader = _VolumeReader(scans, preprocess, source.label_values, shape, cache, (), source.name)
     moving, fixed = (np.array(v, dtype=np.int64) for v in zip(*index_pairs, strict=True))
     indices = tf.data.Dataset.from_tensor_slices((moving, fixed))
     return _finish(_file_pairs(reader, indices, with_labels, True), 1, True)

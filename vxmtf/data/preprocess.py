@@ -8,6 +8,9 @@ this order:
 images:  float32 -> :func:`normalize_intensity` -> :func:`downsample_image` -> pad/crop
 labels:  :func:`remap_labels` (values -> indices 0..K) -> :func:`downsample_labels` -> pad/crop
 
+:func:`preprocess_image` refuses images with NaN or infinite voxels first
+(:func:`vxmtf.data.finite.check_finite`).
+
 Grids. Downsampling by an integer factor ``K`` keeps ``floor(n / K)`` voxels per axis (a trailing
 incomplete block is dropped) with the voxel-centre convention: coarse voxel ``i`` covers fine
 voxels ``K*i .. K*i + K - 1`` and its centre is the fine coordinate ``K*i + (K - 1) / 2``. Images
@@ -29,6 +32,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from vxmtf.data.finite import check_finite
 from vxmtf.ops import rescale_field
 
 NORMALIZATIONS = ("minmax", "percentile", None)
@@ -189,7 +193,8 @@ def pad_to_multiple(
 def normalize_intensity(
     array: np.ndarray, method: str | None = "minmax", percentiles=(1.0, 99.0)
 ) -> np.ndarray:
-    """Rescales intensities to [0, 1] as float32 (NaNs become 0 first).
+    """Rescales intensities to [0, 1] as float32 (NaNs become 0 first, infinities +-float32
+    max, as the exported graph's `vxmtf.ops.normalize` does; `preprocess_image` refuses both).
 
     ``"minmax"``: ``(x - min x) / (max x - min x)``. ``"percentile"``: with ``lo, hi`` the
     given percentiles of ``x``, ``clip((x - lo) / (hi - lo), 0, 1)``, robust to outliers. A
@@ -346,8 +351,19 @@ def _check_label_values(label_values) -> np.ndarray:
     return values
 
 
-def preprocess_image(array: np.ndarray, config: PreprocessConfig) -> tuple[np.ndarray, Padding]:
-    """Normalise, downsample and pad/crop one image ``(*spatial)`` -> float32."""
+def preprocess_image(
+    array: np.ndarray, config: PreprocessConfig, name: str = "image"
+) -> tuple[np.ndarray, Padding]:
+    """Normalise, downsample and pad/crop one image ``(*spatial)`` -> float32.
+
+    The image must be finite: one infinite voxel would set the min-max range and scale every
+    other voxel to 0, and NaNs would spread into the moved image (`name` says which image the
+    error is about, e.g. "`moving`").
+
+    Raises:
+        ValueError: the image holds NaN or infinite voxels.
+    """
+    check_finite(array, name)
     array = normalize_intensity(array, config.normalize, config.percentiles)
     array = downsample_image(array, config.downsample)
     return _to_multiple(array, config)

@@ -4,6 +4,8 @@ options given."""
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 from vxmtf.data.dataset import load_dataset
 from vxmtf.data.pairs import PairSource, csv_pairs, dataset_pairs, synthetic_pairs
@@ -41,6 +43,10 @@ def select_pairs(
       configuration, `inshape`), or of `synthetic_shape` when given.
 
     `max_pairs` keeps the first pairs only.
+
+    Raises:
+        FileNotFoundError: `atlas` (or the run's atlas) is not a file, or a pair's file is missing.
+        ValueError: an atlas without data, no pairs to evaluate, or `max_pairs < 1`.
     """
     if atlas is not None and data is None:
         raise ValueError(f"An atlas needs a data set to register to it. Received: atlas={atlas}")
@@ -48,6 +54,8 @@ def select_pairs(
         data, label_dir = config.data.data, label_dir or config.data.labels
         atlas = atlas or config.data.atlas
         logger.info("No data given: evaluating on the run's data set %s", data)
+    if isinstance(atlas, (str, os.PathLike)) and not Path(atlas).is_file():
+        raise FileNotFoundError(f"The atlas file does not exist: {atlas}")
     dataset = None
     if data is not None:
         dataset = load_dataset(data, labels=label_dir, atlas=atlas)

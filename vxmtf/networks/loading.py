@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import zipfile
 from pathlib import Path
 
 import keras
@@ -43,21 +44,46 @@ def load_vxm_dense(path) -> VxmDense:
     """The `VxmDense` saved in the `.keras` file `path` (not compiled).
 
     Raises:
-        FileNotFoundError: no file at `path`.
-        ValueError: Keras cannot load it (not a `.keras` archive, corrupt, unknown objects).
+        FileNotFoundError: no file or folder at `path`.
+        ValueError: `path` is a folder (a run folder or a SavedModel export: see
+            `vxmtf.training.run_folder.resolve_model_path`), or a file Keras cannot load (not a
+            `.keras` zip archive, truncated or corrupt, unknown objects): the message says the
+            file exists and gives the underlying reason.
         NotVxmDenseError: it holds another model.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"Model file not found: {path}")
-    try:
-        model = keras.models.load_model(path, compile=False)
-    except Exception as error:  # Keras raises many types for a bad archive.
+    if path.is_dir():
         raise ValueError(
-            f"Could not load the Keras model {path}: expected a .keras file saved by vxmtf. "
-            f"Received: error={type(error).__name__}: {error}"
-        ) from error
+            f"{path} is a folder, not a .keras model file: expected a .keras file saved by "
+            f"vxmtf. Received: model={path}"
+        )
+    # Keras reports a file that is not a zip archive as "File not found"; say what it is.
+    reason = None if zipfile.is_zipfile(path) else _not_a_zip(path)
+    if reason is None:
+        try:
+            model = keras.models.load_model(path, compile=False)
+        except Exception as error:  # Keras raises many types for a bad archive.
+            raise _unreadable(path, f"{type(error).__name__}: {error}") from error
+    else:
+        raise _unreadable(path, reason)
     return check_vxm_dense(model, path)
+
+
+def _not_a_zip(path: Path) -> str:
+    size = path.stat().st_size
+    return (
+        f"not a zip archive ({size} bytes; a .keras file is a zip archive: is it truncated, "
+        "corrupt or of another format?)"
+    )
+
+
+def _unreadable(path: Path, reason: str) -> ValueError:
+    return ValueError(
+        f"The model file {path} exists but is not a readable Keras model: expected a .keras "
+        f"file saved by vxmtf. Received: error={reason}"
+    )
 
 
 def as_vxm_dense(model) -> VxmDense:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import tensorflow as tf
 
 from vxmtf.data import (
@@ -34,7 +36,13 @@ class TrainingData:
 
     `config.data.data is None` selects `SyntheticPairs` with `synthetic_shape`; otherwise a
     dataset JSON or a folder/glob of images (see `vxmtf.data.load_dataset`), whose files are all
-    checked (existence, readability, rank, shapes, label/image agreement) here.
+    checked here: headers first (existence, readability, rank, shapes, label/image agreement),
+    then every voxel (`Dataset.check_voxels`: finite images; with a segmentation weight, integer
+    label maps on their image's grid whose values the dataset JSON's `labels` all list).
+
+    Label classes: the dataset JSON's `labels`; without them (a folder with a labels folder, or
+    a JSON without `labels`), every value found in the label maps. Class `k` is the `k`-th
+    smallest value, 0 (background) first.
     """
 
     def __init__(self, config):
@@ -51,15 +59,23 @@ class TrainingData:
                 )
             self.source = synthetic_source(config)
             self.num_classes = dcfg.synthetic_labels + 1
+            self.shape = tuple(pipeline_shape(self.source, self.preprocess))
         else:
-            self.source = load_dataset(dcfg.data, labels=dcfg.labels, atlas=dcfg.atlas)
-            values = self.source.label_values
+            source = load_dataset(dcfg.data, labels=dcfg.labels, atlas=dcfg.atlas)
+            self.shape = tuple(pipeline_shape(source, self.preprocess))  # headers only
+            if tcfg.seg_weight > 0:
+                _check_labelled(source, _used_scans(source, dcfg.mode))
+            found = source.check_voxels(labels=tcfg.seg_weight > 0)
+            if source.label_values is None and found is not None:
+                source = dataclasses.replace(source, label_values=found)
+            self.source = source
+            values = source.label_values
             self.num_classes = len(values) if values else 0
-        self.shape = tuple(pipeline_shape(self.source, self.preprocess))
         if tcfg.seg_weight > 0 and self.num_classes < 2:
             raise ValueError(
-                "A segmentation weight needs label maps with known label values (a dataset JSON "
-                "with `labels`, or label files). Received: a dataset without labels"
+                "A segmentation weight needs label maps with at least one label besides "
+                "background (0), given by a dataset JSON or `labels` (a folder of label maps). "
+                f"Received: label_values={getattr(self.source, 'label_values', None)}"
             )
 
     @property
@@ -110,6 +126,26 @@ class TrainingData:
             x["moving_seg"] = _one_hot(element["moving_labels"], self.num_classes)
             y["moved_seg"] = _one_hot(element["fixed_labels"], self.num_classes)
         return x, y
+
+
+def _used_scans(source, mode: str) -> list:
+    """The scans a run reads: its training scans, the atlas in atlas mode, validation pairs."""
+    scans = list(source.training_scans())
+    if mode == "atlas" and source.atlas is not None:
+        scans.append(source.atlas)
+    return scans + [s for pair in source.val_pairs for s in pair]
+
+
+def _check_labelled(source, scans) -> None:
+    missing = [s.image for s in scans if s.label is None]
+    if missing:
+        raise ValueError(
+            f"A segmentation weight needs a label map for every image the run reads: give "
+            f"`labels` (a folder of label maps matched by file name) or a dataset JSON whose "
+            f"entries name their `label`. Received: no label map for {missing[0]}"
+            + (f" and {len(missing) - 1} more image(s)" if len(missing) > 1 else "")
+            + f" of dataset '{source.name}'"
+        )
 
 
 def _one_hot(labels, num_classes):
