@@ -1,4 +1,5 @@
-"""`python -m benchmarks.bench_recompute`: a training step with and without recomputation.
+"""`python -m benchmarks.bench_recompute`: a training step with and without recomputation, and
+the U-Net's decoder forms (transposed, the default, against the explicit layers).
 
 Measures `VxmDense(recompute=...)` (`python -m train --recompute`) on the training step of
 `benchmarks.workloads`: default network, batch 1, NCC window 9 on `moved` + Grad l2 on
@@ -17,6 +18,21 @@ timed with `train_on_batch` on one repeated random pair. For each shape and int_
     python -m benchmarks.bench_recompute                       # 80x96x112, int_steps 0 and 7
     python -m benchmarks.bench_recompute --shapes 160x192x224 --int-steps 0 7 --rounds 1 \\
         --repeats 2 --warmup 1
+
+Decoder forms (`--measure decoder`): one process per shape and int_steps builds the default
+model (`VxmDense(transposed_decoder=True)`: each decoder merge a stride-2 transposed convolution
+of the coarse tensor plus a convolution of the skip) and the explicit one
+(`transposed_decoder=False`: upsampling, concatenation, convolution, as the VoxelMorph code)
+with the same weights, and alternates their calls (explicit, transposed, transposed,
+explicit, ...) on each path of `--paths`: `whole` (the model called in a tf.function, as
+`Registrator(tiled=False)` and the whole SavedModel export run it), `tiled`
+(`tiled_displacement` with the default slab, as `Registrator` runs it by default) and `train`
+(`train_on_batch` of the training model above). It reports the median time of each form and
+the ratio transposed / explicit (of the medians, and the median of adjacent pairs' ratios):
+
+    python -m benchmarks.bench_recompute --measure decoder --int-steps 7
+    python -m benchmarks.bench_recompute --measure decoder --int-steps 7 \\
+        --shapes 160x192x224 --paths whole tiled
 
 Prints Markdown tables; `--out FILE` also writes every process's result as JSON.
 """
@@ -74,8 +90,11 @@ def parse_shape(text):
     return shape
 
 
-def build_step(shape, int_steps, recompute, weights=None):
-    """A compiled training model; returns `(step, model)`, `step()` giving the step's loss."""
+def build_step(shape, int_steps, recompute, weights=None, transposed_decoder=True):
+    """A compiled training model; returns `(step, model)`, `step()` giving the step's loss.
+
+    `transposed_decoder=False` switches the model's U-Net to the explicit decoder layers before
+    anything is traced (the training configuration has no such option: it is a comparison)."""
     import keras
     import tensorflow as tf
 
@@ -89,6 +108,8 @@ def build_step(shape, int_steps, recompute, weights=None):
     )
     built = build_training_model(config, shape)
     model = built.model
+    # `Unet.call` reads the attribute when it is traced (the layers and weights are the same).
+    model.unet.transposed_decoder = transposed_decoder
     if weights is not None:
         model.set_weights(weights)
     trainer = built.compile()
@@ -150,7 +171,89 @@ def time_case(shape, int_steps, repeats, warmup):
     }
 
 
-def run_child(kind, shape, int_steps, recompute, repeats, warmup, min_available_gb):
+#: The decoder-form paths of `--measure decoder`, in the order they are run.
+DECODER_PATHS = ("whole", "tiled", "train")
+
+
+def decoder_case(shape, int_steps, repeats, warmup, paths=DECODER_PATHS):
+    """Alternate the explicit and the transposed decoder form on each path in this process.
+
+    Returns:
+        `{path: {"times_explicit", "times_transposed", "median_explicit",
+        "median_transposed", "ratio", "median_pair_ratio", "max_abs_diff"}}` (`ratio`:
+        transposed / explicit of the medians; `max_abs_diff`: of the two forms' first outputs,
+        the displacement in voxels or the loss), and `peak_gb`.
+    """
+    import keras
+    import tensorflow as tf
+
+    from benchmarks.workloads import random_pair
+    from vxmtf.networks import VxmDense, tiled_displacement
+
+    moving, fixed = random_pair(shape)
+    calls = {}
+    if "whole" in paths or "tiled" in paths:
+        keras.utils.set_random_seed(0)
+        models = {True: VxmDense(shape, int_steps=int_steps)}
+        models[False] = VxmDense(shape, int_steps=int_steps, transposed_decoder=False)
+        models[False].set_weights(models[True].get_weights())
+        spec = tf.TensorSpec([1, *shape, 1], tf.float32)
+
+        def whole(model):
+            run = tf.function(
+                lambda m, f: model([m, f], training=False)["displacement"],
+                input_signature=[spec, spec],
+            )
+            return lambda: run(moving, fixed).numpy()
+
+        def tiled(model):
+            run = tf.function(
+                lambda m, f: tiled_displacement(model, m, f), input_signature=[spec, spec]
+            )
+            return lambda: run(moving, fixed).numpy()
+
+        for path, make in (("whole", whole), ("tiled", tiled)):
+            if path in paths:
+                calls[path] = {form: make(model) for form, model in models.items()}
+    if "train" in paths:
+        transposed, model = build_step(shape, int_steps, recompute=False)
+        explicit, _ = build_step(
+            shape, int_steps, False, weights=model.get_weights(), transposed_decoder=False
+        )
+        calls["train"] = {True: transposed, False: explicit}
+
+    result = {}
+    for path in (p for p in DECODER_PATHS if p in calls):
+        forms = calls[path]
+        first = {form: forms[form]() for form in (False, True)}  # traces, and the outputs
+        for _ in range(max(warmup - 1, 0)):
+            forms[False]()
+            forms[True]()
+        times = {False: [], True: []}
+        for index in range(repeats):
+            for form in (False, True) if index % 2 == 0 else (True, False):
+                start = time.perf_counter()
+                forms[form]()
+                times[form].append(time.perf_counter() - start)
+        ratios = [t / e for t, e in zip(times[True], times[False], strict=True)]
+        medians = {form: statistics.median(times[form]) for form in times}
+        diff = abs(first[True] - first[False])
+        result[path] = {
+            "times_explicit": times[False],
+            "times_transposed": times[True],
+            "median_explicit": medians[False],
+            "median_transposed": medians[True],
+            "ratio": medians[True] / medians[False],
+            "median_pair_ratio": statistics.median(ratios),
+            "max_abs_diff": float(diff.max()) if hasattr(diff, "max") else float(diff),
+        }
+    result["peak_gb"] = peak_memory_gb()
+    return result
+
+
+def run_child(
+    kind, shape, int_steps, recompute, repeats, warmup, min_available_gb, paths=DECODER_PATHS
+):
     """Run one `memory` or `time` case in a new process; its result dict (or an `error`)."""
     case = {"kind": kind, "shape": list(shape), "int_steps": int_steps, "recompute": recompute}
     voxels = 1
@@ -163,6 +266,8 @@ def run_child(kind, shape, int_steps, recompute, repeats, warmup, min_available_
     command = [sys.executable, "-m", "benchmarks.bench_recompute", "--child", kind]
     command += ["x".join(str(s) for s in shape), str(int_steps), str(int(recompute))]
     command += ["--repeats", str(repeats), "--warmup", str(warmup)]
+    if kind == "decoder":
+        command += ["--paths", *paths]
     start = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     lines = done.stdout.strip().splitlines()
@@ -173,7 +278,8 @@ def run_child(kind, shape, int_steps, recompute, repeats, warmup, min_available_
 
 
 def markdown(results):
-    """The memory table and the time table, as Markdown lines."""
+    """The memory table, the time table and the decoder-form table (each when measured), as
+    Markdown lines."""
     lines = [
         "| shape | int_steps | recompute | processes | peak GB (each process) | "
         "median step s (loaded) | first loss |",
@@ -183,7 +289,7 @@ def markdown(results):
     for r in results:
         key = ("x".join(map(str, r["shape"])), r["int_steps"])
         groups.setdefault(key, []).append(r)
-    timing = []
+    timing, decoder = [], []
     for (shape, int_steps), runs in groups.items():
         for recompute in (False, True):
             mine = [r for r in runs if r["kind"] == "memory" and r["recompute"] == recompute]
@@ -200,6 +306,8 @@ def markdown(results):
                     f"{median:.2f} | {good[0]['losses'][0]:.6f} |"
                 )
         for r in runs:
+            if r["kind"] == "decoder":
+                decoder += _decoder_rows(shape, int_steps, r)
             if r["kind"] != "time":
                 continue
             if "error" in r:
@@ -220,7 +328,37 @@ def markdown(results):
             "|---|---|---|---|---|---|---|",
             *timing,
         ]
+    if not any(r["kind"] == "memory" for r in results):
+        lines = lines[3:] if timing else []  # no memory table (nor its blank line)
+    if decoder:
+        if lines:
+            lines.append("")
+        lines += [
+            "Decoder forms alternated in one process (explicit: upsampling, concatenation, "
+            "convolution; transposed: the default):",
+            "",
+            "| shape | int_steps | path | calls each | explicit: median s | "
+            "transposed: median s | transposed / explicit (medians) | "
+            "transposed / explicit (median of adjacent pairs) | max abs diff |",
+            "|---|---|---|---|---|---|---|---|---|",
+            *decoder,
+        ]
     return lines
+
+
+def _decoder_rows(shape, int_steps, r):
+    if "error" in r:
+        return [f"| {shape} | {int_steps} | {r['error']} | | | | | | |"]
+    rows = []
+    for path in DECODER_PATHS:
+        if path in r:
+            p = r[path]
+            rows.append(
+                f"| {shape} | {int_steps} | {path} | {len(p['times_transposed'])} | "
+                f"{p['median_explicit']:.2f} | {p['median_transposed']:.2f} | "
+                f"{p['ratio']:.2f} | {p['median_pair_ratio']:.2f} | {p['max_abs_diff']:.1e} |"
+            )
+    return rows
 
 
 def main(argv=None):
@@ -235,9 +373,17 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=2, help="memory processes per setting")
     p.add_argument(
         "--measure",
-        choices=("both", "memory", "time"),
+        choices=("both", "memory", "time", "decoder"),
         default="both",
-        help="memory processes, the alternating time process, or both",
+        help="recomputation: memory processes, the alternating time process, or both; or "
+        "`decoder`: the decoder forms alternated in one process (see --paths)",
+    )
+    p.add_argument(
+        "--paths",
+        choices=DECODER_PATHS,
+        nargs="+",
+        default=list(DECODER_PATHS),
+        help="with --measure decoder: the whole forward pass, the tiled one, the training step",
     )
     p.add_argument(
         "--settings",
@@ -261,6 +407,8 @@ def main(argv=None):
         shape, int_steps = parse_shape(shape), int(int_steps)
         if kind == "memory":
             result = memory_case(shape, int_steps, bool(int(recompute)), args.repeats, args.warmup)
+        elif kind == "decoder":
+            result = decoder_case(shape, int_steps, args.repeats, args.warmup, args.paths)
         else:
             result = time_case(shape, int_steps, args.repeats, args.warmup)
         print(json.dumps(result))
@@ -270,16 +418,31 @@ def main(argv=None):
 
     def run(kind, shape, int_steps, recompute):
         r = run_child(
-            kind, shape, int_steps, recompute, args.repeats, args.warmup, args.min_available_gb
+            kind,
+            shape,
+            int_steps,
+            recompute,
+            args.repeats,
+            args.warmup,
+            args.min_available_gb,
+            args.paths,
         )
         results.append(r)
         if "error" in r:
             summary = r["error"]
         elif kind == "memory":
             summary = f"peak {r['peak_gb']:.2f} GB, median {statistics.median(r['times']):.2f} s"
+        elif kind == "decoder":
+            summary = ", ".join(
+                f"{path} transposed / explicit {r[path]['ratio']:.2f}"
+                for path in DECODER_PATHS
+                if path in r
+            )
         else:
             summary = f"median off {r['median_off']:.2f} s, on {r['median_on']:.2f} s"
         setting = f"recompute {'on' if recompute else 'off'}" if kind == "memory" else "both"
+        if kind == "decoder":
+            setting = "explicit and transposed"
         name = "x".join(map(str, shape))
         print(f"{name} int{int_steps} {kind} {setting}: {summary}", file=sys.stderr, flush=True)
         if args.out:
@@ -287,6 +450,9 @@ def main(argv=None):
 
     for shape in args.shapes:
         for int_steps in args.int_steps:
+            if args.measure == "decoder":
+                run("decoder", shape, int_steps, False)
+                continue
             if args.measure in ("both", "memory"):
                 order = ([False, True, True, False] * args.rounds)[: 2 * args.rounds]
                 if args.settings != "both":

@@ -1,9 +1,11 @@
-"""Helpers shared by several test files: a model with a known field, and a SciPy warp oracle.
+"""Helpers shared by several test files: a model with a known field, a SciPy warp oracle and a
+NumPy reference of the U-Net.
 
 Importable as `helpers` from any test (tests/ is on `sys.path`: it holds the root conftest.py).
 """
 
 import numpy as np
+import tensorflow as tf
 from scipy import ndimage
 
 from vxmtf.networks.vxm_dense import VxmDense
@@ -40,3 +42,35 @@ def scipy_warp_batch(images, displacements, order):
     return np.stack(
         [scipy_warp(i, d, order) for i, d in zip(images, displacements, strict=True)]
     ).astype(np.asarray(images).dtype)
+
+
+def numpy_unet(unet, x):
+    """`unet(x)` in float64 NumPy with the U-Net in the VoxelMorph form (explicit nearest
+    upsampling with np.repeat, concatenation, "same" 3^n convolutions, LeakyReLU 0.2, 2x max
+    pooling), from the layers' weights alone: an independent reference of `Unet.call`."""
+
+    def block(layer, x):
+        kernel, bias = (np.asarray(w, np.float64) for w in layer.conv.get_weights())
+        y = tf.nn.convolution(x, kernel, padding="SAME").numpy() + bias
+        return np.where(y > 0, y, 0.2 * y)
+
+    def pool(x):
+        batch, *spatial, c = x.shape
+        split = [n for s in spatial for n in (s // 2, 2)]
+        return x.reshape(batch, *split, c).max(axis=tuple(range(2, 2 * len(spatial) + 1, 2)))
+
+    def upsample(x):
+        for axis in range(1, x.ndim - 1):
+            x = x.repeat(2, axis=axis)
+        return x
+
+    skips = []
+    for level in unet.encoder:
+        x = block(level, x)
+        skips.append(x)
+        x = pool(x)
+    for level in unet.decoder:
+        x = np.concatenate([upsample(block(level, x)), skips.pop()], axis=-1)
+    for level in unet.full_resolution:
+        x = block(level, x)
+    return x

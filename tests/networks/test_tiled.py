@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from vxmtf.networks import VxmDense, default_slab, min_slab, tiled_displacement
-from vxmtf.networks.tiled import slab_width
+from vxmtf.networks.tiled import _Stages, slab_width
 
 # 3 encoder levels (sizes divisible by 8); 2 final convolutions + the flow head after the
 # full-resolution concatenation, so min_slab = 4.
@@ -151,3 +151,52 @@ def test_input_and_model_errors():
         tiled_displacement(model, moving[:, :20], fixed[:, :20])
     with pytest.raises(ValueError, match=r"one shape.*fixed.shape=\(1, 16, 16, 8, 1\)"):
         tiled_displacement(model, moving, fixed[:, :16])
+
+
+# --- The decoder form: stage C as the U-Net computes it ------------------------------------
+
+
+def explicit_twin(model):
+    """`model` with the U-Net's explicit decoder layers (`transposed_decoder=False`)."""
+    twin = VxmDense.from_config(model.get_config() | {"transposed_decoder": False})
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+def tiled_op_types(model, shape):
+    spec = tf.TensorSpec([1, *shape, 1], tf.float32)
+    run = tf.function(lambda m, f: tiled_displacement(model, m, f, slab=5))
+    graph = run.get_concrete_function(spec, spec).graph
+    types = {op.type for op in graph.get_operations()}
+    for function in graph._functions.values():  # the while loop's body
+        types |= {node.op for node in function.definition.node_def}
+    return types
+
+
+@pytest.mark.parametrize(
+    "inshape, features",
+    [
+        ((24, 16, 8), SMALL),
+        ((40, 16), SMALL),
+        ((16, 8, 8), {"enc_features": (4,), "dec_features": (4,)}),
+    ],
+)
+def test_tiled_transposed_decoder_equals_the_untiled_explicit_layers(inshape, features):
+    """The default (transposed) tiled stage C against the explicit untiled model: every slab,
+    odd starts included; and the fallback (explicit layers, carried concatenation rows)."""
+    model = random_model(inshape, **features)
+    explicit = explicit_twin(model)
+    assert _Stages(model).transposed and not _Stages(explicit).transposed
+    moving, fixed = random_pair(inshape)
+    expected = untiled(explicit, moving, fixed)
+    for net in (model, explicit):
+        run = tiled_graph(net)
+        for slab in (min_slab(net), min_slab(net) + 1, 7, inshape[0] - 1, inshape[0] + 3):
+            assert_same_field(run(moving, fixed, slab), expected)
+
+
+def test_tiled_graph_runs_the_transposed_convolution_only_by_default():
+    model = random_model((24, 16, 8))
+    transposed = "Conv3DBackpropInputV2"
+    assert transposed in tiled_op_types(model, (24, 16, 8))
+    assert transposed not in tiled_op_types(explicit_twin(model), (24, 16, 8))

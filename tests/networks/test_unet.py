@@ -1,12 +1,14 @@
-"""`vxmtf.networks.unet`: the recomputing training path and its upsample-convolution."""
+"""`vxmtf.networks.unet`: the transposed decoder form (the default), the recomputing training
+path, and the upsample-convolution both use."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import numpy_unet
 
 from vxmtf.networks import Unet
-from vxmtf.networks.unet import upsample_concat_conv, upsample_conv
+from vxmtf.networks.unet import transposable, upsample_concat_conv, upsample_conv
 
 SMALL = {"enc_features": (4, 8, 8), "dec_features": (8, 8, 8, 8, 4)}
 
@@ -203,4 +205,168 @@ def test_stages_name_the_layers_and_compose_to_the_network(enc_features, dec_fea
     y = merge.concat([merge.upsample(coarse), skip])
     for block in unet.full_resolution:
         y = block.activation(block.conv(y))
-    np.testing.assert_allclose(y.numpy(), unet(x).numpy(), rtol=1e-6, atol=1e-6)
+    # The network computes the merges as transposed convolutions (the default decoder form):
+    # equal to these explicit layers up to float32 rounding of differently ordered sums.
+    np.testing.assert_allclose(y.numpy(), unet(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+# --- The decoder form: transposed (default) or explicit layers ---------------------------------
+
+
+def graph_ops(model, x):
+    """The op types of `model(x)` traced in a tf.function, and "dec_concat" if an op of a
+    decoder concatenation layer (`dec_concat_k`) runs."""
+    graph = tf.function(lambda x: model(x)).get_concrete_function(x).graph
+    ops = {op.type for op in graph.get_operations()}
+    if any("dec_concat" in op.name for op in graph.get_operations()):
+        ops.add("dec_concat")
+    return ops
+
+
+def twin_forms(inshape, enc_features=(4, 8, 8), dec_features=(8, 8, 8, 8, 4)):
+    """The default U-Net (transposed decoder) and the explicit one, with the same weights."""
+    default = Unet(inshape, 2, enc_features, dec_features)
+    explicit = Unet(inshape, 2, enc_features, dec_features, transposed_decoder=False)
+    rng = np.random.default_rng(7)
+    default.set_weights([rng.normal(0, 0.3, w.shape) for w in explicit.get_weights()])
+    explicit.set_weights(default.get_weights())
+    return default, explicit
+
+
+@pytest.mark.parametrize("inshape", [(16, 24), (8, 16, 8)])
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "graph"])
+def test_transposed_decoder_is_the_default_and_equals_the_explicit_layers(inshape, compiled):
+    default, explicit = twin_forms(inshape)
+    assert default.transposed_decoder is True and explicit.transposed_decoder is False
+    x = tf.constant(np.random.default_rng(8).uniform(size=(2, *inshape, 2)), tf.float32)
+    # The default runs transposed convolutions and no decoder concatenation; the explicit form
+    # the reverse (the functional graph).
+    transposed = "Conv3DBackpropInputV2" if len(inshape) == 3 else "Conv2DBackpropInput"
+    ops = graph_ops(default, x)
+    assert transposed in ops and "dec_concat" not in ops
+    ops = graph_ops(explicit, x)
+    assert transposed not in ops and "dec_concat" in ops
+    # Outputs and gradients (training without recomputation) equal up to float32 rounding.
+    y0, loss0, grads0 = loss_and_gradients(explicit, x, compiled)
+    y1, loss1, grads1 = loss_and_gradients(default, x, compiled)
+    scale = np.abs(y0.numpy()).max()
+    assert scale > 0.1
+    np.testing.assert_allclose(y1.numpy(), y0.numpy(), rtol=0, atol=1e-5 * scale)
+    np.testing.assert_allclose(loss1.numpy(), loss0.numpy(), rtol=1e-5)
+    for weight, g0, g1 in zip(explicit.trainable_weights, grads0, grads1, strict=True):
+        g0, g1 = g0.numpy(), g1.numpy()
+        assert np.abs(g0).max() > 0, weight.path
+        np.testing.assert_allclose(g1, g0, rtol=0, atol=1e-4 * np.abs(g0).max())
+
+
+def test_transposed_decoder_matches_a_numpy_reference_in_float64():
+    # Independent oracle: the U-Net written out in NumPy (np.repeat upsampling, concatenation,
+    # reshape max pooling) with tf.nn convolutions in float64, from the layers' weights.
+    default, _ = twin_forms((8, 16))
+    x = np.random.default_rng(9).uniform(size=(1, 8, 16, 2))
+    expected = numpy_unet(default, x)
+    got = default(tf.constant(x, tf.float32)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+def test_last_merge_without_a_following_convolution_keeps_the_explicit_layers():
+    # dec_features == one per level: the network ends on the concatenation, which has no
+    # convolution to fold the upsampling into. The other merges are transposed.
+    default, explicit = twin_forms((16, 16), (4, 8), (8, 6))
+    x = tf.constant(np.random.default_rng(10).uniform(size=(1, 16, 16, 2)), tf.float32)
+    ops = graph_ops(default, x)
+    assert "Conv2DBackpropInput" in ops and "dec_concat" in ops
+    y0, y1 = explicit(x).numpy(), default(x).numpy()
+    assert y1.shape == (1, 16, 16, 6 + 4)
+    np.testing.assert_allclose(y1, y0, rtol=0, atol=1e-5 * np.abs(y0).max())
+
+
+def test_one_level_without_final_convolutions_is_the_explicit_graph():
+    # No merge is followed by a convolution: the default form is the explicit one, bit for bit.
+    default, explicit = twin_forms((16, 16), (4,), (6,))
+    x = tf.constant(np.random.default_rng(11).uniform(size=(1, 16, 16, 2)), tf.float32)
+    assert "Conv2DBackpropInput" not in graph_ops(default, x)
+    np.testing.assert_array_equal(default(x).numpy(), explicit(x).numpy())
+
+
+def test_transposable_only_where_the_form_is_exact():
+    conv3, up3 = keras.layers.Conv3D(4, 3, padding="same"), keras.layers.UpSampling3D(2)
+    conv2, up2 = keras.layers.Conv2D(4, 3, padding="same"), keras.layers.UpSampling2D(2)
+    assert transposable(up3, conv3) and transposable(up2, conv2)
+    assert transposable(up3, conv3, (1, 4, None, 3, 8), (1, 8, 10, None, 4))  # None: run time
+    not_exact = [
+        (keras.layers.UpSampling2D(2, interpolation="bilinear"), conv2),
+        (keras.layers.UpSampling2D((2, 3)), conv2),
+        (keras.layers.UpSampling2D(2, data_format="channels_first"), conv2),
+        (up2, keras.layers.Conv2D(4, 3, padding="valid")),
+        (up2, keras.layers.Conv2D(4, 5, padding="same")),
+        (up2, keras.layers.Conv2D(4, 3, strides=2, padding="same")),
+        (up2, keras.layers.Conv2D(4, 3, dilation_rate=2, padding="same")),
+        (up2, keras.layers.Conv2D(4, 3, padding="same", groups=2)),
+        (up2, keras.layers.Conv2D(4, 3, padding="same", data_format="channels_first")),
+        (up3, conv2),
+        (up2, keras.layers.Conv2DTranspose(4, 3, padding="same")),
+    ]
+    for upsample, conv in not_exact:
+        assert not transposable(upsample, conv), (upsample.get_config(), conv.get_config())
+    # Odd or mismatched static sizes: the explicit layers run (and raise, as they always did).
+    assert not transposable(up2, conv2, (1, 4, 4, 3), (1, 9, 8, 4))
+    assert not transposable(up2, conv2, (1, 4, 4, 3), (1, 8, 8, 8, 4))
+
+
+def test_odd_sizes_known_only_at_run_time_raise_as_the_explicit_form_does():
+    # A U-Net with free sizes given 18 rows: pooling floors 9 to 4, so the skip (9 rows) is not
+    # twice the coarse tensor. Both forms must refuse it rather than return a field.
+    default, explicit = twin_forms((None, None), (4, 8), (8, 8, 4))
+    spec = tf.TensorSpec([None, None, None, 2], tf.float32)
+    x = tf.zeros([1, 18, 16, 2])
+    for unet in (explicit, default):
+        run = tf.function(lambda x, unet=unet: unet(x), input_signature=[spec])
+        with pytest.raises(tf.errors.InvalidArgumentError, match="ConcatOp|twice the size"):
+            run(x)
+        assert run(tf.zeros([1, 16, 12, 2])).shape == (1, 16, 12, 4)
+
+
+def test_upsample_concat_conv_refuses_a_skip_of_another_size():
+    conv = keras.layers.Conv2D(3, 3, padding="same")
+    conv.build((None, None, None, 4))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="twice the size"):
+        upsample_concat_conv(tf.zeros([1, 4, 4, 2]), tf.zeros([1, 9, 8, 2]), conv)
+    spec = tf.TensorSpec([None, None, None, 2], tf.float32)
+    run = tf.function(lambda c, s: upsample_concat_conv(c, s, conv), input_signature=[spec] * 2)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="twice the size"):
+        run(tf.zeros([1, 4, 4, 2]), tf.zeros([1, 9, 8, 2]))
+
+
+def test_transposed_decoder_keeps_the_weights_layout_and_the_config():
+    default, explicit = twin_forms((16, 16, 16))
+    assert [(w.path, w.shape) for w in default.weights] == [
+        (w.path, w.shape) for w in explicit.weights
+    ]
+    assert default.get_config()["transposed_decoder"] is True
+    clone = Unet.from_config(explicit.get_config())
+    assert clone.transposed_decoder is False
+    # A config written before the option existed gets the transposed form.
+    config = explicit.get_config()
+    del config["transposed_decoder"]
+    assert Unet.from_config(config).transposed_decoder is True
+
+
+def test_recompute_with_the_explicit_form_trains_like_the_default():
+    # recompute and the decoder form are independent: recomputation of the explicit layers.
+    default, _ = twin_forms((16, 16))
+    recomputing = Unet((16, 16), 2, **SMALL, recompute=True, transposed_decoder=False)
+    recomputing.set_weights(default.get_weights())
+    x = tf.constant(np.random.default_rng(12).uniform(size=(1, 16, 16, 2)), tf.float32)
+    y0, _, grads0 = loss_and_gradients(default, x, compiled=True)
+    y1, _, grads1 = loss_and_gradients(recomputing, x, compiled=True)
+    np.testing.assert_allclose(y1.numpy(), y0.numpy(), rtol=0, atol=1e-5 * np.abs(y0).max())
+    for g0, g1 in zip(grads0, grads1, strict=True):
+        g0, g1 = g0.numpy(), g1.numpy()
+        np.testing.assert_allclose(g1, g0, rtol=0, atol=1e-4 * np.abs(g0).max())
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_transposed_decoder_must_be_a_bool(value):
+    with pytest.raises(TypeError, match=f"Received: transposed_decoder={value!r}"):
+        Unet((16, 16), 2, (4, 8), (8, 8, 4), transposed_decoder=value)

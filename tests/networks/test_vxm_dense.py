@@ -1,9 +1,12 @@
 """`vxmtf.networks.VxmDense`: outputs, saving, mixed precision, errors, and that it learns."""
 
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import numpy_unet
 from scipy import ndimage
 
 from vxmtf.losses import NCC, Grad
@@ -325,3 +328,75 @@ def test_stages_compose_to_the_outputs(int_steps, int_resolution):
 def test_bidir_must_be_a_bool():
     with pytest.raises(TypeError, match="Received: bidir=1"):
         VxmDense((16, 16), bidir=1, **SMALL)
+
+
+# --- The decoder form (`transposed_decoder`) and the shipped model ---------------------------
+
+SHIPPED = Path(__file__).resolve().parents[2] / "pretrained" / "vxm_lpba40.keras"
+
+
+def reference_flow(model, moving, fixed):
+    """The flow head's output of `model` in float64 NumPy, with the U-Net in the VoxelMorph
+    form (`tests.helpers.numpy_unet`), from the layers' weights alone."""
+    x = np.concatenate([moving, fixed], axis=-1).astype(np.float64)
+    features = numpy_unet(model.get_layer("unet"), x)
+    kernel, bias = (np.asarray(w, np.float64) for w in model.get_layer("flow").get_weights())
+    return tf.nn.convolution(features, kernel, padding="SAME").numpy() + bias
+
+
+def test_shipped_model_gives_the_displacement_of_the_explicit_decoder():
+    # pretrained/vxm_lpba40.keras (saved before `transposed_decoder` existed) loads unchanged
+    # and runs the transposed decoder; at 32^3 its flow and displacement match an independent
+    # float64 NumPy reference of the explicit form within float32 rounding.
+    from vxmtf.networks.loading import float32_clone, load_vxm_dense
+
+    if not SHIPPED.is_file():
+        pytest.skip(f"shipped model not found: {SHIPPED}")
+    shipped = load_vxm_dense(SHIPPED)
+    assert shipped.transposed_decoder and shipped.unet.transposed_decoder
+    model = float32_clone(shipped, (32, 32, 32))
+    explicit = VxmDense.from_config(model.get_config() | {"transposed_decoder": False})
+    explicit.set_weights(model.get_weights())
+    rng = np.random.default_rng(13)
+    moving, fixed = (rng.uniform(size=(1, 32, 32, 32, 1)).astype(np.float32) for _ in "mf")
+
+    flow = reference_flow(model, moving, fixed)
+    expected = model.flow_to_displacement(tf.constant(flow, tf.float32)).numpy()
+    assert np.abs(expected).max() > 0.5  # a trained field, not a ~1e-5 one
+    for net in (model, explicit):
+        run = tf.function(lambda m, f, net=net: net([m, f])["displacement"])
+        graph = run.get_concrete_function(moving, fixed).graph
+        ops = {op.type for op in graph.get_operations()}
+        assert ("Conv3DBackpropInputV2" in ops) is net.transposed_decoder
+        displacement = net([moving, fixed])["displacement"].numpy()
+        assert np.abs(displacement - expected).max() < 1e-4  # voxels
+    np.testing.assert_allclose(
+        model([moving, fixed])["displacement"].numpy(),
+        explicit([moving, fixed])["displacement"].numpy(),
+        rtol=0,
+        atol=1e-4,
+    )
+
+
+def test_transposed_decoder_flag_reaches_the_unet_and_round_trips(tmp_path):
+    model = VxmDense((16, 16, 16), int_steps=2, transposed_decoder=False, **SMALL)
+    assert model.get_config()["transposed_decoder"] is False
+    assert model.get_layer("unet").transposed_decoder is False
+    model.save(tmp_path / "explicit.keras")
+    loaded = keras.models.load_model(tmp_path / "explicit.keras")
+    assert loaded.transposed_decoder is False and loaded.unet.transposed_decoder is False
+    # The weights of one form load into the other and give the same field up to rounding.
+    default = VxmDense((16, 16, 16), int_steps=2, **SMALL)
+    assert default.transposed_decoder is True and default.unet.transposed_decoder is True
+    model.save_weights(tmp_path / "model.weights.h5")
+    default.load_weights(tmp_path / "model.weights.h5")
+    rng = np.random.default_rng(14)
+    pair = [rng.uniform(size=(1, 16, 16, 16, 1)).astype(np.float32) for _ in "mf"]
+    a = model(pair)["displacement"].numpy()
+    b = default(pair)["displacement"].numpy()
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * max(np.abs(a).max(), 1e-6))
+
+
+def test_transposed_decoder_must_be_a_bool():
+    with pytest.raises(TypeError, match="Received: transposed_decoder='no'"):
+        VxmDense((16, 16), transposed_decoder="no", **SMALL)

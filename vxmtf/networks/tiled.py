@@ -11,7 +11,11 @@ holds more than a slab of rows (along the first spatial axis) of the full-resolu
        block, at 1/2 resolution and below
     C. the full-resolution decoder, streamed over slabs of rows: [`unet.decoder[-1].upsample`
        (B's output), encoder level 0's block (pair) again] -> `unet.decoder[-1].concat` ->
-       `unet.full_resolution` -> `model.flow_head`
+       `unet.full_resolution` -> `model.flow_head`. With the U-Net's transposed decoder (the
+       default, `Unet(transposed_decoder=True)`), the concatenation and the convolution after
+       it are one block computed as the U-Net does (`_merged_rows`): a stride-2 transposed
+       convolution of the coarse rows plus a convolution of the skip rows, never building the
+       upsampled rows or the concatenation.
     D. the field, whole (ndim channels): `model.flow_to_displacement` (int_steps == 0: the flow
        itself; else velocity_resize, integrate, displacement_resize), the model's own layers.
 
@@ -23,10 +27,15 @@ one zero row is carried in front of the first slab, and one zero row is appended
 Each convolution therefore lags its input by one row until the last slab: slab 0 of `n` input
 rows gives `n - K` flow rows, the middle slabs `n`, and the last one the remaining rows. The
 first slab must give at least one row, so `slab >= K + 1` (`min_slab`; 5 for the default
-network). The result equals the untiled model up to float32 summation order.
+network). With the transposed decoder the first of the `K` convolutions reads its neighbour
+rows directly (the coarse tensor is whole, and the skip rows are computed with one more row on
+each side), so it does not lag and only `K - 1` convolutions carry rows; `min_slab` stays
+`K + 1`, the same for both forms. The result equals the untiled model up to float32 summation
+order.
 
 Peak memory of stage C is about `slab * batch * prod(spatial[1:]) * 4 bytes * slab_width(model)`
-(128 channels for the default network, 22 MB per row at 160x192x224); stage B runs the network
+(128 channels for the default network, 22 MB per row at 160x192x224; an upper bound for the
+transposed decoder, which holds no concatenation); stage B runs the network
 at half resolution and below, whole, and stage A holds `slab + 2` rows of `enc_features[0]`
 channels.
 """
@@ -38,6 +47,7 @@ import math
 import tensorflow as tf
 
 from vxmtf.checks import check_int, check_positive
+from vxmtf.networks.unet import transposable, upsample_conv
 from vxmtf.networks.vxm_dense import VxmDense
 
 #: Bytes of full-resolution working tensors per slab when no slab size is given.
@@ -216,6 +226,11 @@ class _Stages:
         self.chain.append((model.flow_head, None))
         for conv in [self.level0.conv] + [conv for conv, _ in self.chain]:
             _check_conv(conv, self.ndim)
+        # Stage C computes its first convolution in the U-Net's transposed decoder form where
+        # the U-Net does and the form is exact (`vxmtf.networks.unet.transposable`).
+        self.transposed = self.unet.transposed_decoder and transposable(
+            self.merge.upsample, self.chain[0][0]
+        )
 
 
 def _encode_level0(net, padded, size, slab):
@@ -265,11 +280,14 @@ def _decode_full_resolution(net, padded, coarse, size, slab):
     conv0, activation0 = net.level0.conv, net.level0.activation
     upsample, concat = net.merge.upsample, net.merge.concat
     steps = (size + slab - 1) // slab
+    # The convolutions that carry rows: all of the chain, or all but the first when it is
+    # computed from `coarse` and the skip by `_merged_rows`.
+    lagging = net.chain[1:] if net.transposed else net.chain
     # Rows carried in front of each convolution's input: (batch, 1 or 2, *rest, c_in). At first
     # one zero row, the "same" padding before row 0.
     shape = tf.shape(padded)
     carries = []
-    for conv, _ in net.chain:
+    for conv, _ in lagging:
         carry_shape = tf.concat([shape[:1], [1], shape[2:-1], [conv.kernel.shape[-2]]], 0)
         carries.append(tf.zeros(carry_shape, conv.compute_dtype))
 
@@ -277,15 +295,20 @@ def _decode_full_resolution(net, padded, coarse, size, slab):
         first = t * slab
         rows = tf.minimum(slab, size - first)
         end = tf.cast(t == steps - 1, tf.int32)  # 1: append the zero row after row D - 1
-        # Skip rows [first, first + rows) of encoder level 0 read input rows [first - 1, ... + 1).
-        skip = activation0(_conv_rows(padded[:, first : first + rows + 2], conv0))
-        # Upsampled rows [first, first + rows) repeat coarse rows first // 2 ... (.. - 1) // 2.
-        index = tf.range(first // 2, (first + rows - 1) // 2 + 1)
-        up = upsample(tf.gather(coarse, index, axis=1))  # (batch, 2 len(index), *rest, c)
-        up = up[:, first % 2 : first % 2 + rows]  # (batch, rows, *rest, c)
-        x = concat([up, skip])  # (batch, rows, *rest, c + enc_0)
+        if net.transposed:
+            x = _merged_rows(net, padded, coarse, size, first, rows)  # (batch, rows, *rest, c)
+        else:
+            # Skip rows [first, first + rows) of encoder level 0 read input rows
+            # [first - 1, ... + 1).
+            skip = activation0(_conv_rows(padded[:, first : first + rows + 2], conv0))
+            # Upsampled rows [first, first + rows) repeat coarse rows first // 2 ...
+            # (first + rows - 1) // 2.
+            index = tf.range(first // 2, (first + rows - 1) // 2 + 1)
+            up = upsample(tf.gather(coarse, index, axis=1))  # (batch, 2 len(index), *rest, c)
+            up = up[:, first % 2 : first % 2 + rows]  # (batch, rows, *rest, c)
+            x = concat([up, skip])  # (batch, rows, *rest, c + enc_0)
         carried = []
-        for j, (conv, activation) in enumerate(net.chain):
+        for j, (conv, activation) in enumerate(lagging):
             x = tf.cast(x, carries[j].dtype)
             shape = tf.shape(x)
             zero = tf.zeros(tf.tensor_scatter_nd_update(shape, [[1]], [end]), x.dtype)
@@ -309,20 +332,64 @@ def _decode_full_resolution(net, padded, coarse, size, slab):
     return _concat_rows(out, padded.shape.rank)
 
 
-def _conv_rows(x, conv):
+def _merged_rows(net, padded, coarse, size, first, rows):
+    """Rows `[first, first + rows)` of the chain's first block, `activation(conv(concat(
+    [upsample(coarse), skip])))`, computed as the U-Net's transposed decoder form does
+    (`vxmtf.networks.unet.upsample_concat_conv`): no carried rows, no lag.
+
+    The 3^ndim convolution of output rows `[first, first + rows)` reads the skip rows
+    `[first - 1, first + rows + 1)` (zero outside `[0, D)`: its "same" padding) and the coarse
+    rows `first // 2 - 1 ... (first + rows - 1) // 2 + 1` through the transposed convolution;
+    those are gathered (zero outside the volume, the upsampled tensor's zero padding), and the
+    transposed convolution's own padding only reaches its first and last output rows, which
+    lie outside `[first, first + rows)`.
+
+    Returns:
+        `(batch, rows, *rest, conv.filters)` in the convolution's compute dtype.
+    """
+    conv, activation = net.chain[0]
+    conv0, activation0 = net.level0.conv, net.level0.activation
+    dtype = conv.compute_dtype
+    kernel = tf.convert_to_tensor(conv.kernel)  # (*3^ndim, c + enc_0, filters)
+    channels = coarse.shape[-1]
+    # Skip rows [lo, hi) within the volume, read from padded rows [lo, hi + 2).
+    lo = tf.maximum(first - 1, 0)
+    hi = tf.minimum(first + rows + 1, size)
+    skip = activation0(_conv_rows(padded[:, lo : hi + 2], conv0))  # (batch, hi - lo, *rest, e)
+    # Zero rows for skip rows -1 and D: (batch, rows + 2, *rest, enc_0).
+    pad = [[0, 0], [lo - (first - 1), first + rows + 1 - hi]] + [[0, 0]] * (net.ndim)
+    skip = tf.pad(tf.cast(skip, dtype), pad)
+    y = _conv_rows(skip, conv, kernel=kernel[..., channels:, :], bias=False)  # (batch, rows, ..)
+    # Coarse rows [c0, c1], zero outside [0, D / 2): (batch, c1 - c0 + 1, *rest / 2, c).
+    c0 = first // 2 - 1
+    index = tf.range(c0, (first + rows - 1) // 2 + 2)
+    inside = (index >= 0) & (index < size // 2)
+    part = tf.gather(coarse, tf.clip_by_value(index, 0, size // 2 - 1), axis=1)
+    mask = tf.reshape(tf.cast(inside, part.dtype), [1, -1] + [1] * (net.ndim))
+    part = tf.cast(part * mask, dtype)
+    up = upsample_conv(part, kernel[..., :channels, :])  # fine rows 2 c0 ... 2 c1 + 1
+    start = first - 2 * c0
+    y += up[:, start : start + rows]
+    y = tf.nn.bias_add(y, tf.cast(conv.bias, dtype))
+    return y if activation is None else activation(y)
+
+
+def _conv_rows(x, conv, kernel=None, bias=True):
     """A 3^ndim "same" Keras convolution, but "valid" along the first spatial axis.
 
     `x` is `(batch, n + 2, *rest, c_in)`; returns `(batch, n, *rest, c_out)` in the layer's
     compute dtype: `conv(x, kernel) + bias`, with zero padding of 1 on the other spatial axes.
     The padding is a constant, so that Grappler's remapper folds it into the oneDNN
-    convolution instead of copying `x`.
+    convolution instead of copying `x`. `kernel` replaces the layer's (e.g. a part of its
+    input channels); `bias=False` leaves the bias out.
     """
     dtype = conv.compute_dtype
     x = tf.cast(x, dtype)
+    kernel = conv.kernel if kernel is None else kernel
     rest = [[1, 1]] * (x.shape.rank - 3)
     x = tf.pad(x, [[0, 0], [0, 0], *rest, [0, 0]])  # (batch, n + 2, *(rest + 2), c_in)
-    y = tf.nn.convolution(x, tf.cast(conv.kernel, dtype), padding="VALID")
-    return tf.nn.bias_add(y, tf.cast(conv.bias, dtype))
+    y = tf.nn.convolution(x, tf.cast(kernel, dtype), padding="VALID")
+    return tf.nn.bias_add(y, tf.cast(conv.bias, dtype)) if bias else y
 
 
 def _swap_batch_and_rows(x, rank=None):

@@ -50,17 +50,28 @@ class Unet(keras.Model):
         decoder[-1]         upsample, concat with skip_0: back to full resolution
         full_resolution     the blocks of the remaining `dec_features`
 
+    Decoder form (`transposed_decoder`): a decoder merge followed by a convolution computes
+    `conv(concat([upsample(coarse), skip]))`. By default (`transposed_decoder=True`) the
+    network computes it as `upsample_concat_conv`: the convolution's kernel split along its
+    input channels, a stride-2 transposed convolution of `coarse` (4^ndim taps per coarse voxel
+    instead of 3^ndim for each of its 2^ndim fine voxels: 3.4x fewer multiplications in 3D)
+    plus a convolution of `skip`, never building the upsampled tensor or the concatenation.
+    Same layers and weights, outputs and gradients equal to the explicit form up to float
+    rounding (the kernel taps are summed first). It is used wherever it is exact: every merge
+    followed by a 3^ndim "same" convolution (stride and dilation 1, channels last) after a 2x
+    nearest upsampling, with a skip twice the coarse size (the sizes Unet allows); otherwise
+    (the last merge when there is no full-resolution convolution after it) the explicit
+    layers run. `transposed_decoder=False` always runs the explicit layers (the functional
+    graph), e.g. to compare against the VoxelMorph form. Training, inference, tiled inference
+    (`coarse_levels`) and export all follow the setting.
+
     Recomputation (`recompute=True`, to train at lower peak memory): called with
     `training=True`, every block (convolution + LeakyReLU, preceded in the decoder by the
     upsampling and concatenation that feed it) runs under `tf.recompute_grad`. The backward pass
     keeps only each block's inputs and computes the block again to get its gradients, instead of
-    keeping every convolution's output before and after its activation. A decoder block also
-    computes its convolution from the coarse tensor and the skip directly
-    (`upsample_concat_conv`), never building the upsampled tensor or the concatenation, with a
-    3.4x cheaper transposed convolution in 3D for the upsampled part; that pays for most of the
-    recomputation. Same layers and weights; outputs and gradients equal to the plain graph's up
-    to float rounding. Inference (`training=False`), evaluation and export run the plain
-    functional graph either way.
+    keeping every convolution's output before and after its activation. Same layers and
+    weights; outputs and gradients equal to the plain graph's up to float rounding. Inference
+    (`training=False`), evaluation and export never recompute.
 
     Args:
         inshape: spatial shape (ints, or None for sizes known only at run time); known sizes
@@ -70,6 +81,9 @@ class Unet(keras.Model):
         dec_features: at least `len(enc_features)` decoder features.
         recompute: recompute the blocks' activations in the backward pass when training
             (see above).
+        transposed_decoder: compute the decoder merges as transposed convolutions (True, the
+            default) or with explicit upsampling and concatenation layers (False); see above.
+            Either way the same layers and weights.
 
     Attributes:
         encoder: one `EncoderLevel` per entry of `enc_features`, finest first (layers
@@ -83,6 +97,10 @@ class Unet(keras.Model):
     Call arguments:
         x: `(batch, *inshape, in_channels)`; returns `(batch, *inshape, dec_features[-1])`.
         training: with `recompute`, True selects the recomputing path.
+
+    Raises:
+        ValueError: a bad `inshape` or feature list.
+        TypeError: `recompute` or `transposed_decoder` not a bool.
     """
 
     def __init__(
@@ -92,6 +110,7 @@ class Unet(keras.Model):
         enc_features=(16, 32, 32, 32),
         dec_features=(32, 32, 32, 32, 32, 16, 16),
         recompute=False,
+        transposed_decoder=True,
         **kwargs,
     ):
         # Inputs checked.
@@ -105,6 +124,7 @@ class Unet(keras.Model):
                 f"dec_features={dec_features}"
             )
         check_recompute(recompute)
+        check_transposed_decoder(transposed_decoder)
         ndim = len(inshape)
         conv = keras.layers.Conv3D if ndim == 3 else keras.layers.Conv2D
         pool = keras.layers.MaxPooling3D if ndim == 3 else keras.layers.MaxPooling2D
@@ -175,13 +195,22 @@ class Unet(keras.Model):
         self.enc_features = enc_features
         self.dec_features = dec_features
         self.recompute = recompute
+        self.transposed_decoder = transposed_decoder
 
     def call(self, inputs, training=None, mask=None):
-        if not (self.recompute and training):
-            return super().call(inputs, training=training, mask=mask)
+        recompute = bool(self.recompute and training)
+        if not (recompute or self.transposed_decoder):
+            return super().call(inputs, training=training, mask=mask)  # the functional graph
         if isinstance(inputs, (list, tuple)):
             (inputs,) = inputs
-        return _unet_graph(self.encoder, self.decoder, self.full_resolution, inputs, recompute=True)
+        return _unet_graph(
+            self.encoder,
+            self.decoder,
+            self.full_resolution,
+            inputs,
+            recompute=recompute,
+            transposed=self.transposed_decoder,
+        )
 
     def coarse_levels(self, x):
         """The U-Net below full resolution: `encoder[1:]`, then the decoder up to the block of
@@ -193,7 +222,7 @@ class Unet(keras.Model):
         Returns:
             `(batch, *inshape / 2, dec_features[L - 1])`, the input of `decoder[-1].upsample`.
         """
-        return _coarse_graph(self.encoder, self.decoder, x)
+        return _coarse_graph(self.encoder, self.decoder, x, transposed=self.transposed_decoder)
 
     def get_config(self):
         return {
@@ -204,6 +233,7 @@ class Unet(keras.Model):
             "enc_features": self.enc_features,
             "dec_features": self.dec_features,
             "recompute": self.recompute,
+            "transposed_decoder": self.transposed_decoder,
         }
 
     @classmethod
@@ -211,29 +241,30 @@ class Unet(keras.Model):
         return cls(**config)
 
 
-def _unet_graph(encoder, decoder, full_resolution, x, recompute=False):
+def _unet_graph(encoder, decoder, full_resolution, x, recompute=False, transposed=False):
     """The U-Net's wiring of its stages applied to `x`.
 
     The network is a chain of blocks: a convolution + LeakyReLU, preceded in the decoder by the
     2x upsampling of the coarser tensor and its concatenation with the skip connection. The
-    functional graph (`recompute=False`, symbolic tensors) calls the layers. With `recompute`,
-    each block runs under `tf.recompute_grad`, and a decoder block computes its convolution
-    from the coarse tensor and the skip directly (`upsample_concat_conv`), without the
-    upsampled tensor and the concatenation: the same function with the same weights.
+    functional graph (`recompute=False, transposed=False`, symbolic tensors) calls the layers.
+    With `transposed`, a decoder block computes its convolution from the coarse tensor and the
+    skip directly (`upsample_concat_conv`, where `transposable` holds), without the upsampled
+    tensor and the concatenation: the same function with the same weights. With `recompute`,
+    each block runs under `tf.recompute_grad`.
     """
     apply = _recomputed if recompute else _direct
     skip = apply(_block(encoder[0]), x)  # (batch, *spatial, enc_features[0])
-    x = _coarse_graph(encoder, decoder, encoder[0].pool(skip), recompute)
+    x = _coarse_graph(encoder, decoder, encoder[0].pool(skip), recompute, transposed)
     # Back to full resolution: the last merge, with the first full-resolution block (none when
     # there are no full-resolution convolutions), then the other blocks.
     following = full_resolution[0] if full_resolution else None
-    x = apply(_merge_block(decoder[-1], following, recompute), x, skip)
+    x = apply(_merge_block(decoder[-1], following, transposed), x, skip)
     for block in full_resolution[1:]:
         x = apply(_block(block), x)
     return x
 
 
-def _coarse_graph(encoder, decoder, x, recompute=False):
+def _coarse_graph(encoder, decoder, x, recompute=False, transposed=False):
     """`Unet.coarse_levels`: encoder levels 1 ... L - 1, then decoder levels 0 ... L - 1, each
     merge but the last one followed by (and, with `recompute`, fused with) the next block."""
     apply = _recomputed if recompute else _direct
@@ -244,7 +275,7 @@ def _coarse_graph(encoder, decoder, x, recompute=False):
         x = level.pool(x)
     x = apply(_block(decoder[0]), x)
     for merge, following in zip(decoder[:-1], decoder[1:], strict=True):
-        x = apply(_merge_block(merge, following, recompute), x, skips.pop())
+        x = apply(_merge_block(merge, following, transposed), x, skips.pop())
     return x
 
 
@@ -253,17 +284,64 @@ def _block(block):
     return lambda x: block.activation(block.conv(x))
 
 
-def _merge_block(merge, following, recompute):
+def _merge_block(merge, following, transposed):
     """`(coarse, skip) -> following(concat([upsample(coarse), skip]))` for a `DecoderLevel`
-    `merge` and the `ConvBlock` after it (None: the merge alone); with `recompute`, computed by
-    `upsample_concat_conv`."""
+    `merge` and the `ConvBlock` after it (None: the merge alone); with `transposed`, computed
+    by `upsample_concat_conv` where `transposable` holds, by the layers otherwise."""
     upsample, concat = merge.upsample, merge.concat
     if following is None:
         return lambda coarse, skip: concat([upsample(coarse), skip])
     conv, activation = following.conv, following.activation
-    if recompute:
-        return lambda coarse, skip: activation(upsample_concat_conv(coarse, skip, conv))
-    return lambda coarse, skip: activation(conv(concat([upsample(coarse), skip])))
+
+    def fn(coarse, skip):
+        if transposed and transposable(upsample, conv, coarse.shape, skip.shape):
+            return activation(upsample_concat_conv(coarse, skip, conv))
+        return activation(conv(concat([upsample(coarse), skip])))
+
+    return fn
+
+
+def transposable(upsample, conv, coarse_shape=None, skip_shape=None):
+    """Whether `upsample_concat_conv` computes `conv(concat([upsample(coarse), skip]))` exactly
+    (up to float rounding), from the layers' settings and the static shapes:
+
+    - `upsample`: a Keras `UpSampling2D`/`UpSampling3D` of size 2 on every axis, nearest
+      neighbour, channels last;
+    - `conv`: a `Conv2D`/`Conv3D` of the same rank with a 3^ndim kernel, stride 1, dilation 1,
+      "same" padding, one group, channels last;
+    - shapes (when given): `(batch, *spatial, c)` of the same rank; where both sizes of an
+      axis are known, the skip's is twice the coarse one. Sizes known only at run time are
+      checked by `upsample_concat_conv` itself: the transposed convolution rejects a skip of
+      another size than `2 * coarse`, as the concatenation would.
+    """
+    ndim = len(conv.kernel_size)
+    upsampling = {2: keras.layers.UpSampling2D, 3: keras.layers.UpSampling3D}.get(ndim)
+    convolution = {2: keras.layers.Conv2D, 3: keras.layers.Conv3D}.get(ndim)
+    if upsampling is None or type(upsample) is not upsampling or type(conv) is not convolution:
+        return False
+    if tuple(upsample.size) != (2,) * ndim or getattr(upsample, "interpolation", "nearest") != (
+        "nearest"
+    ):
+        return False
+    if upsample.data_format != "channels_last" or conv.data_format != "channels_last":
+        return False
+    if (
+        tuple(conv.kernel_size) != (3,) * ndim
+        or tuple(conv.strides) != (1,) * ndim
+        or tuple(conv.dilation_rate) != (1,) * ndim
+        or conv.padding != "same"
+        or conv.groups != 1
+    ):
+        return False
+    if coarse_shape is None or skip_shape is None:
+        return True
+    coarse_shape, skip_shape = tuple(coarse_shape), tuple(skip_shape)
+    if len(coarse_shape) != ndim + 2 or len(skip_shape) != ndim + 2:
+        return False
+    return all(
+        c is None or s is None or s == 2 * c
+        for c, s in zip(coarse_shape[1:-1], skip_shape[1:-1], strict=True)
+    )
 
 
 def _direct(fn, *tensors):
@@ -292,19 +370,32 @@ def upsample_concat_conv(coarse, skip, conv):
 
     Returns:
         `(batch, *2 spatial, conv.filters)`, before the activation.
+
+    Raises:
+        tf.errors.InvalidArgumentError: `skip` is not twice the size of `coarse` (odd sizes).
     """
     dtype = conv.compute_dtype
     coarse = tf.cast(coarse, dtype)
     skip = tf.cast(skip, dtype)
-    kernel = tf.cast(conv.kernel, dtype)
+    kernel = tf.convert_to_tensor(conv.kernel)  # the variable's dtype: taps summed in float32
     channels = coarse.shape[-1]
+    # A skip that is not twice `coarse` raises, as the concatenation of the explicit form
+    # does (sizes known only at run time: when the graph runs).
+    check = tf.debugging.assert_equal(
+        tf.shape(skip)[1:-1],
+        2 * tf.shape(coarse)[1:-1],
+        message="Expected a skip connection twice the size of the coarse tensor along every "
+        "spatial axis (odd sizes cannot be upsampled back)",
+    )
+    with tf.control_dependencies([] if check is None else [check]):
+        coarse = tf.identity(coarse)
     # kernel: (*3^ndim, c + c_skip, filters) -> the two parts, along input channels.
     out = upsample_conv(coarse, kernel[..., :channels, :])
     # An explicit data_format: without one, TensorFlow 2.21's eager gradient of a 3D
     # convolution fails (its recorded op has no data_format attribute).
     data_format = "NDHWC" if skip.shape.rank == 5 else "NHWC"
     out += tf.nn.convolution(
-        skip, kernel[..., channels:, :], padding="SAME", data_format=data_format
+        skip, tf.cast(kernel[..., channels:, :], dtype), padding="SAME", data_format=data_format
     )
     if conv.use_bias:
         out = tf.nn.bias_add(out, tf.cast(conv.bias, dtype))
@@ -323,7 +414,8 @@ def upsample_conv(x, kernel):
     It neither builds the upsampled tensor nor spends the convolution's work on its repeated
     values: 4^ndim taps per coarse voxel instead of 3^ndim for each of its 2^ndim fine voxels
     (64 against 216 in 3D, 3.4x fewer multiplications). Equal to upsampling then convolving up
-    to float rounding (the kernel taps are summed first).
+    to float rounding (the kernel taps are summed first, in the kernel's dtype, then cast to
+    the dtype of `x`).
 
     Args:
         x: `(batch, *spatial, in_channels)`, 2 or 3 spatial axes.
@@ -346,7 +438,7 @@ def upsample_conv(x, kernel):
     # kernel (*(3,) * ndim, in, out) -> (*(4,) * ndim, out, in), the layout of the filter of a
     # transposed convolution, folded along every spatial axis.
     spec = {2: "ai,bj,ijmn->abnm", 3: "ai,bj,ck,ijkmn->abcnm"}[ndim]
-    kernel4 = tf.einsum(spec, *([fold] * ndim), kernel)
+    kernel4 = tf.cast(tf.einsum(spec, *([fold] * ndim), kernel), x.dtype)
     shape = tf.shape(x)
     output_shape = tf.concat([shape[:1], 2 * shape[1:-1], tf.shape(kernel)[-1:]], axis=0)
     data_format = "NDHWC" if ndim == 3 else "NHWC"
@@ -358,6 +450,15 @@ def upsample_conv(x, kernel):
 def check_recompute(recompute):
     """Raises `TypeError` unless `recompute` is a bool."""
     check_bool("recompute", recompute, hint="recompute activations in the backward pass")
+
+
+def check_transposed_decoder(transposed_decoder):
+    """Raises `TypeError` unless `transposed_decoder` is a bool."""
+    check_bool(
+        "transposed_decoder",
+        transposed_decoder,
+        hint="compute the decoder merges as transposed convolutions",
+    )
 
 
 def check_inshape(inshape, levels):
