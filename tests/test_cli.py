@@ -119,3 +119,32 @@ def test_console_scripts_are_installed_and_list_defaults():
     assert "--base-dir" in help_text and "(default: vxm)" in help_text
     for name in ("vxmtf-train", "vxmtf-register", "vxmtf-evaluate"):
         assert shutil.which(name), name
+
+
+def test_help_shows_no_default_for_flags():
+    parser = argparse.ArgumentParser(formatter_class=launch.HelpFormatter)
+    parser.add_argument("--no-export", dest="export", action="store_false", help="skip export")
+    parser.add_argument("--fast", action="store_const", const=2, default=1, help="go fast")
+    parser.add_argument("--loud", action="count", default=0, help="louder")
+    parser.add_argument("--steps", type=int, default=3, help="steps")
+    text = " ".join(parser.format_help().split())
+    for help_text in ("skip export", "go fast", "louder"):
+        assert f"{help_text} (default" not in text, help_text
+    assert "steps (default: 3)" in text
+
+
+@pytest.mark.parametrize(
+    "module", ["train.__main__", "vxmtf.register", "evaluate.dice", "vxmtf.export"]
+)
+def test_no_command_prints_a_flag_default(module, capsys):
+    import importlib
+
+    main = importlib.import_module(module).main
+    try:
+        code = main(["--help"])
+    except SystemExit as exit_:  # a tool that lets argparse exit
+        code = exit_.code
+    assert code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--help" in text or "usage:" in text
+    assert "(default: True)" not in text and "(default: False)" not in text

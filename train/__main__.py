@@ -31,13 +31,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="dataset JSON (Learn2Reg style) or folder/glob of images; "
         "omit for the built-in synthetic data",
     )
-    g.add_argument("--labels", help="folder of label maps matched to images by file name")
-    g.add_argument("--atlas", help="atlas image (fixed image of every pair with --mode atlas)")
+    g.add_argument(
+        "--labels", help="folder of label maps matched to images by file name; needs --data"
+    )
+    g.add_argument(
+        "--atlas",
+        help="atlas image (fixed image of every pair with --mode atlas); needs --data",
+    )
     g.add_argument(
         "--mode",
         choices=("atlas", "pairs"),
-        default=d.mode,
-        help="scan-to-atlas or scan-to-scan (random pairs) training",
+        default=None,
+        help="scan-to-atlas or scan-to-scan (random pairs) training (default: atlas on the "
+        "built-in synthetic data, pairs with --data)",
     )
     g.add_argument(
         "--synthetic-shape",
@@ -97,25 +103,36 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--lambda",
         dest="reg_weight",
-        type=float,
+        type=cli.non_negative_float,
         default=None,
         help="smoothness weight (default: 1.0 for ncc, 0.01 for mse, as in the paper)",
     )
     g.add_argument(
         "--seg-weight",
-        type=float,
+        type=cli.non_negative_float,
         default=t.seg_weight,
         help="weight of the soft Dice on warped label maps (semi-supervised; needs labels)",
     )
     g.add_argument("--epochs", type=int, default=t.epochs)
-    g.add_argument("--steps-per-epoch", type=int, default=t.steps_per_epoch)
+    g.add_argument(
+        "--steps-per-epoch",
+        type=int,
+        default=None,
+        help="(default: 150 on the built-in synthetic data, 50 with --data)",
+    )
     g.add_argument("--batch-size", type=int, default=t.batch_size, help="per replica")
-    g.add_argument("--lr", type=float, default=t.lr, help="Adam learning rate")
+    g.add_argument(
+        "--lr",
+        type=cli.positive_float,
+        default=None,
+        help="Adam learning rate, finite and > 0 (default: 1e-3 on the built-in synthetic data, "
+        "1e-4 with --data)",
+    )
     g.add_argument("--seed", type=int, default=t.seed)
     g.add_argument("--model-dir", default=t.model_dir, help="output folder")
     g.add_argument(
         "--save-every",
-        type=int,
+        type=cli.non_negative_int,
         default=t.save_every,
         help="also save the resumable state every N steps (0: each epoch)",
     )
@@ -129,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--recompute",
         action="store_true",
         help="recompute the U-Net's activations in the backward pass: lower peak memory at "
-        "about the same step time (same weights; results equal up to float rounding)",
+        "about 1.2-1.4x the step time (same weights; results equal up to float rounding)",
     )
     g.add_argument("--resume", action="store_true", help="continue the run in --model-dir")
     g.add_argument(
@@ -150,8 +167,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args):
+    """The `RunConfig` of parsed arguments.
+
+    Raises:
+        ValueError: a bad value, or `--atlas` / `--labels` without `--data` (the synthetic
+            data make their own pairs and labels and would ignore them).
+    """
     from vxmtf.training.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 
+    if args.data is None:
+        given = [name for name in ("atlas", "labels") if getattr(args, name) is not None]
+        if given:
+            options = " and ".join(f"--{name}" for name in given)
+            received = ", ".join(f"--{name}={getattr(args, name)}" for name in given)
+            verb = "apply" if len(given) > 1 else "applies"
+            raise ValueError(
+                f"{options} {verb} to the images of --data; without --data the run trains on "
+                f"the built-in synthetic data, which would ignore them. Expected --data with "
+                f"{options}. Received: {received} and no --data"
+            )
     return RunConfig(
         data=DataConfig(
             data=args.data,
@@ -192,7 +226,8 @@ def config_from_args(args):
 
 
 def main(argv=None) -> int:
-    """Parses the arguments and trains; returns 0, or 2 on bad input."""
+    """Parses the arguments and trains; returns 0, or 2 on bad input (also: the model folder
+    is unwritable or another training holds it, or the loss became non-finite)."""
     cli.start(argv)  # environment and a quiet TensorFlow import (when run as a program)
     parser = build_parser()
     args, code = cli.parse_args(parser, argv)
@@ -204,15 +239,18 @@ def main(argv=None) -> int:
     except ValueError as error:
         return cli.report_error(error)
     from vxmtf.training import train
+    from vxmtf.training.checkpoint import NonFiniteError
 
     try:
         result = train(config)
     except cli.BAD_INPUT as error:
+        if isinstance(error, NonFiniteError):
+            print(flush=True)  # end the progress bar's line
         return cli.report_error(error)
-    print(
-        f"Trained model: {result.model_dir / 'last.keras'} "
-        f"(best: {result.model_dir / 'best.keras'})"
-    )
+    last = result.model_dir / "last.keras"
+    best = f" (best: {result.best_path})" if result.best_path is not None else ""
+    if last.is_file():
+        print(f"Trained model: {last}{best}")
     if result.export_path is not None:
         print(f"SavedModel for TF Serving: {result.export_path}")
     print(f"Wall time: {result.seconds:.0f} s")

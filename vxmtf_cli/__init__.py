@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -71,6 +72,9 @@ __all__ = [
     "prepare_environment",
     "registration_options",
     "import_tensorflow",
+    "non_negative_float",
+    "non_negative_int",
+    "positive_float",
     "report_error",
     "run_main",
     "setup_logging",
@@ -152,6 +156,17 @@ def run_main(module, main):
     raise SystemExit(main())
 
 
+#: Actions that take no value (a flag's presence is its value): their "default" is only the
+#: value when the flag is absent, and printing it (`--no-export ... (default: True)`) misleads.
+_FLAG_ACTIONS = (
+    argparse._StoreConstAction,  # store_true / store_false subclass it
+    argparse._AppendConstAction,
+    argparse._CountAction,
+    argparse._HelpAction,
+    argparse._VersionAction,
+)
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """`--help` keeps the description's line breaks and shows the default of every option
     that has one (not of required options, flags, or options that are off unless given)."""
@@ -159,13 +174,39 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action):
         text = action.help or ""
         default = action.default
-        flag = action.nargs == 0  # store_true / store_false: on or off when given
+        # store_true / store_false / store_const / count: on or off when given
+        flag = isinstance(action, _FLAG_ACTIONS) or action.nargs == 0
         quiet = flag or default in (None, argparse.SUPPRESS) or action.required
         if quiet or "%(default)" in text or "default:" in text:
             return text
         if isinstance(default, (list, tuple)):
             default = " ".join(str(v) for v in default)
         return f"{text} (default: {default})"
+
+
+def _number(text: str, kind, test, expected: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or not test(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}. Received: {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse `type`: a finite number > 0 (`nan`, `inf`, 0 and negatives are usage errors)."""
+    return _number(text, float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+
+
+def non_negative_float(text: str) -> float:
+    """argparse `type`: a finite number >= 0."""
+    return _number(text, float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse `type`: an integer >= 0."""
+    return _number(text, int, lambda v: v >= 0, "an integer >= 0")
 
 
 def add_model_arguments(parser, default=None, config=True):

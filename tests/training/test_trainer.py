@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -12,11 +13,13 @@ from pathlib import Path
 
 import h5py
 import keras
+import nibabel as nib
 import numpy as np
 import pytest
 
+from vxmtf.networks import VxmDense
 from vxmtf.training import DataConfig, ModelConfig, RunConfig, TrainConfig, train
-from vxmtf.training.checkpoint import TrainingState, atomic_save_model
+from vxmtf.training.checkpoint import NonFiniteError, TrainingState, atomic_save_model
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("run_worker.py")
@@ -277,7 +280,109 @@ def test_killed_run_resumes_from_its_last_state(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final_epoch, final_step, _ = state.latest()
     assert final_epoch == 4
-    assert final_step == step + (4 - epoch) * 6  # optimizer iterations restored, not restarted
+    # Optimizer iterations restored, not restarted; a mid-epoch state resumes at its step, so
+    # the killed run takes as many steps as one that was not killed.
+    assert final_step == 4 * 6
     rows = list(csv.DictReader((run / "history.csv").read_text().splitlines()))
     assert [int(r["epoch"]) for r in rows][-1] == 3
     keras.models.load_model(run / "last.keras")
+
+
+class Killed(Exception):
+    """Stands for the process being killed, right after a state was saved."""
+
+
+def kill_after_step(monkeypatch, kill_step):
+    save = TrainingState.save
+
+    def save_then_die(self, model, epoch, step, batch=0):
+        path = save(self, model, epoch, step, batch)
+        if step == kill_step:
+            raise Killed(step)
+        return path
+
+    monkeypatch.setattr(TrainingState, "save", save_then_die)
+
+
+@pytest.mark.parametrize(("kill_step", "old_name"), [(2, False), (6, True)])
+def test_a_run_killed_mid_epoch_resumes_at_its_step(tmp_path, monkeypatch, kill_step, old_name):
+    """2 epochs of 4 steps, killed right after the state of step 2 (in epoch 1) or 6 (in epoch
+    2): the resumed run takes the steps left, 8 in all, as an unkilled run does (not 8 + the
+    steps of the interrupted epoch done before the kill)."""
+    run = tmp_path / "run"
+
+    def config(**kwargs):
+        config = tiny_config(run, export=False, save_every=2, steps_per_epoch=4, **kwargs)
+        config.data.val_pairs = 0
+        return config
+
+    kill_after_step(monkeypatch, kill_step)
+    with pytest.raises(Killed):
+        train(config())
+    monkeypatch.undo()
+    assert not (run / ".lock").exists()  # released by the failed run
+    state = TrainingState(run / "state")
+    epoch, step, path = state.latest()
+    assert (epoch, step, TrainingState.batches_done(path)) == (kill_step // 4, kill_step, 2)
+    if old_name:  # as versions before the batch was recorded named it
+        path.rename(path.with_name(f"epoch-{epoch:06d}-step-{step:07d}.weights.h5"))
+    resumed = train(config(resume=True))
+    assert (resumed.initial_epoch, resumed.initial_batch) == (kill_step // 4, 2)
+    assert state.latest()[:2] == (2, 8)
+    rows = list(csv.DictReader((run / "history.csv").read_text().splitlines()))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert len(resumed.history["loss"]) == 2 - kill_step // 4
+
+
+def test_a_non_finite_loss_stops_the_run_and_saves_nothing_bad(tmp_path):
+    run = tmp_path / "run"
+    # Adam's first steps move each weight by about lr: 1e30 overflows by the second step.
+    config = tiny_config(run, epochs=2, steps_per_epoch=4, save_every=1, lr=1e30)
+    config.data.val_pairs = 0
+    with pytest.raises(NonFiniteError, match=r"Training stopped at step (\d+)") as error:
+        train(config)
+    step = int(re.search(r"step (\d+)", str(error.value)).group(1))
+    assert 1 < step <= 8 and "loss=" in str(error.value)
+    for name in ("last.keras", "best.keras", "best.json", "export"):
+        assert not (run / name).exists(), name
+    for _, saved, path in TrainingState(run / "state").checkpoints():
+        assert saved < step
+        with h5py.File(path, "r") as f:
+            arrays = []
+            f.visititems(
+                lambda _, obj, found=arrays: (
+                    found.append(obj[()]) if isinstance(obj, h5py.Dataset) else None
+                )
+            )
+            assert arrays and all(np.isfinite(a).all() for a in arrays if a.dtype.kind == "f")
+    assert not (run / ".lock").exists()
+
+
+def test_failed_checks_leave_no_trace_and_the_corrected_run_works(tmp_path):
+    run = tmp_path / "run"
+    wide = VxmDense((32, 32), enc_features=(4, 8, 8, 16), dec_features=TINY.dec_features)
+    wide.save(tmp_path / "wide.keras")
+    one = tmp_path / "one"
+    one.mkdir()
+    nib.save(nib.Nifti1Image(np.zeros((32, 32), np.float32), np.eye(4)), one / "a.nii.gz")
+    bad = []
+    for changes in ({"int_steps": -1}, {"enc_features": (0, 8, 8, 8)}):
+        config = tiny_config(run, epochs=1, export=False)
+        config.model = ModelConfig(**{**TINY.__dict__, **changes})
+        bad.append(config)
+    for init in (tmp_path / "missing.keras", tmp_path / "wide.keras"):
+        bad.append(tiny_config(run, epochs=1, export=False, init_weights=str(init)))
+    one_scan = tiny_config(run, epochs=1, export=False)
+    one_scan.data = DataConfig(data=str(one), val_pairs=0)
+    bad.append(one_scan)
+    for config in bad:
+        with pytest.raises((ValueError, FileNotFoundError)):
+            train(config)
+        assert not run.exists(), config  # nothing written, not even the folder
+    run.mkdir()  # a folder that existed stays, empty
+    for config in bad:
+        with pytest.raises((ValueError, FileNotFoundError)):
+            train(config)
+        assert list(run.iterdir()) == []
+    train(tiny_config(run, epochs=1, export=False))  # the corrected run, without resume
+    assert (run / "config.json").is_file() and (run / "last.keras").is_file()

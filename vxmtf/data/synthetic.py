@@ -6,12 +6,16 @@ The embedded default data set when no files are given (nothing is downloaded). F
    the mask is ``1 + argmax_k n_k(x)`` over ``num_labels`` independent smooth Gaussian random
    fields ``n_k``; outside it is 0. The mask is an ellipsoid centred in the volume, radii 35-42%
    of each size, its boundary perturbed by another smooth field.
-2. Template image. Each label gets a random intensity in [0.1, 1] (background 0), lightly
-   blurred (Gaussian, sigma 0.5 voxel) to mimic partial volumes.
-3. Deformations. Moving and fixed are the template warped by two independent smooth random
-   displacements ``u`` (each component a smooth field with standard deviation ``deformation``
-   voxels): ``I(x) = T(x + u(x))``, images with linear and label maps with nearest
-   interpolation (:func:`scipy.ndimage.map_coordinates`, edges clamped).
+2. Template image. The labels get the intensities ``0.15, ..., 1`` (evenly spaced, one each,
+   in random order; background 0), so every structure differs from the others in contrast,
+   lightly blurred (Gaussian, sigma 0.5 voxel) to mimic partial volumes.
+3. Deformations. Images are the template warped by smooth random displacements ``u`` (each
+   component a smooth field): ``I(x) = T(x + u(x))``, images with linear and label maps with
+   nearest interpolation (:func:`scipy.ndimage.map_coordinates`, edges clamped). A scan-to-scan
+   pair warps the template twice, independently, each component with standard deviation
+   ``deformation / sqrt(2)``; a scan-to-atlas pair warps it once (the moving image) with
+   ``deformation``, the fixed image being the undeformed atlas. Either way the displacement
+   between moving and fixed has about ``deformation`` voxels of standard deviation.
 4. Contrast. Each warped image gets its own gamma (``I**g``, ``log g ~ U(-0.2, 0.2)``), a smooth
    multiplicative bias field ``exp(0.2 n(x))``, Gaussian noise (std ``noise``) and is min-max
    normalised to [0, 1].
@@ -102,8 +106,9 @@ class SyntheticPairs:
         size: number of distinct training pairs (indices ``0..size-1``), or ``None`` for an
             unbounded stream (a fresh pair for every index).
         num_val: number of validation pairs (``split="val"``).
-        deformation: standard deviation of each displacement component, in voxels; default
-            ``0.04 * min(shape)``.
+        deformation: standard deviation of each component of the displacement between moving
+            and fixed, in voxels; default ``0.056 * min(shape)`` (each of a scan-to-scan
+            pair's two warps: ``0.04 * min(shape)``).
         smoothness: correlation length of the displacements, in voxels; default
             ``min(shape) / 4``.
         noise: standard deviation of the additive image noise.
@@ -139,7 +144,7 @@ class SyntheticPairs:
         self.seed = int(seed)
         self.size = None if size is None else int(size)
         self.num_val = int(num_val)
-        self.deformation = 0.04 * min(shape) if deformation is None else float(deformation)
+        self.deformation = 0.056 * min(shape) if deformation is None else float(deformation)
         self.smoothness = min(shape) / 4.0 if smoothness is None else float(smoothness)
         self.noise = float(noise)
         if self.deformation < 0 or self.smoothness <= 0 or self.noise < 0:
@@ -175,13 +180,14 @@ class SyntheticPairs:
 
     def _template(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         labels = self.label_map(rng)
-        intensities = np.concatenate([[0.0], rng.uniform(0.1, 1.0, self.num_labels)])
+        levels = np.linspace(0.15, 1.0, self.num_labels, dtype=np.float64)
+        intensities = np.concatenate([[0.0], rng.permutation(levels)])
         image = ndimage.gaussian_filter(intensities[labels].astype(np.float32), 0.5)
         return labels, image
 
-    def _displacement(self, rng: np.random.Generator) -> np.ndarray:
+    def _displacement(self, rng: np.random.Generator, std: float) -> np.ndarray:
         field = smooth_noise(rng, self.shape, self.ndim, self.smoothness)
-        return field * np.float32(self.deformation)
+        return field * np.float32(std)
 
     def _contrast(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         gamma = np.float32(np.exp(rng.uniform(-0.2, 0.2)))
@@ -192,8 +198,8 @@ class SyntheticPairs:
         out = (out - low) / (high - low) if high > low else np.zeros_like(out)
         return out.astype(np.float32)
 
-    def _deformed(self, labels, image, rng) -> tuple[np.ndarray, np.ndarray]:
-        displacement = self._displacement(rng)
+    def _deformed(self, labels, image, rng, std) -> tuple[np.ndarray, np.ndarray]:
+        displacement = self._displacement(rng, std)
         warped_labels = _warp(labels, displacement, order=0).astype(np.int32)
         warped_image = self._contrast(_warp(image, displacement, order=1), rng)
         return warped_image, warped_labels
@@ -218,8 +224,9 @@ class SyntheticPairs:
         self._check_index(index, split)
         rng = self._rng(_SPLITS[split], index)
         labels, image = self._template(rng)
-        moving, moving_labels = self._deformed(labels, image, rng)
-        fixed, fixed_labels = self._deformed(labels, image, rng)
+        std = self.deformation / math.sqrt(2.0)  # two independent warps
+        moving, moving_labels = self._deformed(labels, image, rng, std)
+        fixed, fixed_labels = self._deformed(labels, image, rng, std)
         return {
             "moving": moving,
             "fixed": fixed,
@@ -247,7 +254,7 @@ class SyntheticPairs:
         self._check_index(index, split)
         labels, template, atlas_image = self._atlas
         rng = self._rng(_SPLITS[split], index, _ATLAS_STREAM)
-        moving, moving_labels = self._deformed(labels, template, rng)
+        moving, moving_labels = self._deformed(labels, template, rng, self.deformation)
         return {
             "moving": moving,
             "fixed": atlas_image.copy(),

@@ -15,7 +15,16 @@ from vxmtf.layers.spatial_transformer import SpatialTransformer
 from vxmtf.losses import MSE, NCC, Dice, Grad
 from vxmtf.networks import VxmDense
 from vxmtf.networks.loading import load_vxm_dense
-from vxmtf.training.checkpoint import ModelSaver, StateCallback, TrainingState
+from vxmtf.training.checkpoint import (
+    ModelSaver,
+    NonFiniteError,
+    Position,
+    StateCallback,
+    StopOnNonFiniteLoss,
+    TrainingState,
+    check_finite_weights,
+    non_finite_weights,
+)
 from vxmtf.training.config import RunConfig
 from vxmtf.training.data import TrainingData
 from vxmtf.training.images import RegistrationImages
@@ -27,7 +36,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class TrainResult:
-    """What a run produced."""
+    """What a run produced.
+
+    Attributes:
+        initial_epoch, initial_batch: where the run started (a resumed run: the epochs it had
+            completed, and the steps of the next one it had done).
+        best_path: `best.keras`, or None when no epoch was good enough to write it.
+    """
 
     model: VxmDense
     history: dict
@@ -35,6 +50,8 @@ class TrainResult:
     export_path: Path | None
     initial_epoch: int
     seconds: float
+    initial_batch: int = 0
+    best_path: Path | None = None
 
 
 def train(config: RunConfig, strategy: tf.distribute.Strategy | None = None) -> TrainResult:
@@ -42,24 +59,36 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy | None = None) -> 
 
     The model folder is laid out as `vxmtf.training.run_folder.RunFolder` describes
     (`config.json`, `last.keras`, `best.keras`, `history.csv`, `logs/`, `state/`,
-    `export/vxm/<N>/`).
+    `export/vxm/<N>/`). The run claims it first (`RunFolder.claim`: one training at a time),
+    then checks everything (the folder, the data, the model, the initial weights, the resumed
+    state) before it writes anything: a run that fails its checks leaves the folder as it was.
+    A run resumed from a mid-epoch state finishes that epoch with its remaining steps, so a
+    killed and resumed run takes as many steps as one that was not killed.
 
     Raises:
+        RunFolderBusyError: another training holds the folder.
+        RunFolderError: the folder cannot be created or written.
         FileExistsError: the folder holds an earlier run and `config.train.resume` is false.
         ValueError, FileNotFoundError: bad data, found before training starts.
+        NonFiniteError: the loss or the weights became NaN or infinite (training stops at that
+            step; what was saved before it is kept, nothing after).
     """
     start = time.perf_counter()
-    cfg = config.train
-    run = RunFolder(cfg.model_dir)
-    model_dir = run.path
-    state = TrainingState(run.state)
-    _check_model_dir(run, config, state)
-    data = TrainingData(config)  # validates every file before anything is built
+    run = RunFolder(config.train.model_dir)
     strategy = strategy or make_strategy()
     chief = is_chief(strategy)
-    if chief:
-        model_dir.mkdir(parents=True, exist_ok=True)
-        run.save_config(config)
+    # Only the chief writes (the other workers of a cluster may share its folder).
+    with run.claim() if chief else contextlib.nullcontext():
+        result = _train(config, run, strategy, chief)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _train(config: RunConfig, run: RunFolder, strategy, chief: bool) -> TrainResult:
+    cfg = config.train
+    state = TrainingState(run.state)
+    saved = _check_model_dir(run, config, state)
+    data = TrainingData(config)  # validates every file before anything is built
 
     with _precision(cfg.mixed_precision), strategy.scope():
         keras.utils.set_random_seed(cfg.seed)
@@ -68,50 +97,104 @@ def train(config: RunConfig, strategy: tf.distribute.Strategy | None = None) -> 
         if cfg.init_weights and not (cfg.resume and state.latest() is not None):
             load_initial_weights(model, cfg.init_weights)
         built.compile()
-        initial_epoch, _ = state.restore(trainer_model) if cfg.resume else (0, 0)
+        # States from earlier versions are placed in their epoch by the saved steps per epoch.
+        steps_before = (saved or config).train.steps_per_epoch
+        start = state.restore(trainer_model, steps_before) if cfg.resume else Position(0, 0, 0)
 
-    replicas = strategy.num_replicas_in_sync
-    train_ds = data.dataset(cfg.batch_size * replicas, seed=cfg.seed + 1000 * initial_epoch)
-    val_ds = data.validation_dataset(replicas)
-    monitor = "val_loss" if val_ds is not None else "loss"
-    callbacks = [
-        StateCallback(state, every=cfg.save_every, writer=chief),
-        ModelSaver(model, model_dir, monitor=monitor, writer=chief),
-    ]
-    if chief:
-        callbacks += [
-            keras.callbacks.CSVLogger(str(run.history), append=initial_epoch > 0),
-            keras.callbacks.TensorBoard(str(run.logs), write_graph=False),
-        ]
-        if val_ds is not None:  # the first validation pair, registered each epoch
-            pair, _ = next(iter(val_ds.take(1)))
-            images = run.logs / "images"
-            callbacks.append(
-                RegistrationImages(model, pair["moving"][:1], pair["fixed"][:1], images)
-            )
-    history = {}
-    if initial_epoch < cfg.epochs:
-        fit = trainer_model.fit(
-            train_ds,
-            epochs=cfg.epochs,
-            steps_per_epoch=cfg.steps_per_epoch,
-            initial_epoch=initial_epoch,
-            validation_data=val_ds,
-            callbacks=callbacks,
-            verbose="auto",
-            shuffle=False,  # the pipeline shuffles, seeded
+    initial_epoch, initial_batch = start.epoch, start.batch
+    if initial_batch >= cfg.steps_per_epoch:  # resumed with fewer steps per epoch
+        logger.warning(
+            "The interrupted epoch %d already took %d steps, --steps-per-epoch is %d: "
+            "continuing with the next epoch",
+            initial_epoch + 1,
+            initial_batch,
+            cfg.steps_per_epoch,
         )
-        history = fit.history
-    else:
+        initial_epoch, initial_batch = initial_epoch + 1, 0
+    replicas = strategy.num_replicas_in_sync
+    # (first epoch, end epoch, steps per epoch, steps already done in the first epoch): the
+    # rest of an interrupted epoch, then whole epochs. Each part's pipeline is built now, so
+    # that the data are checked (enough scans for the mode, ...) before anything is written.
+    parts = []
+    epoch = initial_epoch
+    if initial_batch and epoch < cfg.epochs:
+        parts.append((epoch, epoch + 1, cfg.steps_per_epoch - initial_batch, initial_batch))
+        epoch += 1
+    if epoch < cfg.epochs:
+        parts.append((epoch, cfg.epochs, cfg.steps_per_epoch, 0))
+    batch_size = cfg.batch_size * replicas
+    datasets = [
+        data.dataset(batch_size, seed=cfg.seed + 1000 * first + done) for first, _, _, done in parts
+    ]
+    val_ds = data.validation_dataset(replicas)
+    pair = None
+    if chief and val_ds is not None:  # the first validation pair, registered each epoch
+        pair, _ = next(iter(val_ds.take(1)))
+    if chief:
+        run.save_config(config)  # the first file written (after the lock)
+
+    monitor = "val_loss" if val_ds is not None else "loss"
+
+    def callbacks(first_epoch, done):
+        listed = [
+            StopOnNonFiniteLoss(run.state),  # first: raises before any callback saves the step
+            StateCallback(state, every=cfg.save_every, writer=chief, start_batch=done),
+            ModelSaver(model, run.path, monitor=monitor, writer=chief),
+        ]
+        if chief:
+            listed += [
+                keras.callbacks.CSVLogger(str(run.history), append=first_epoch > 0 or done > 0),
+                keras.callbacks.TensorBoard(str(run.logs), write_graph=False),
+            ]
+            if pair is not None:
+                listed.append(
+                    RegistrationImages(
+                        model, pair["moving"][:1], pair["fixed"][:1], run.logs / "images"
+                    )
+                )
+        return listed
+
+    history = {}
+    for (first, end, steps, done), train_ds in zip(parts, datasets, strict=True):
+        if done:
+            logger.info("Finishing epoch %d: its last %d steps", first + 1, steps)
+        listed = callbacks(first, done)
+        try:
+            fit = trainer_model.fit(
+                train_ds,
+                epochs=end,
+                steps_per_epoch=steps,
+                initial_epoch=first,
+                validation_data=val_ds,
+                callbacks=listed,
+                verbose="auto",
+                shuffle=False,  # the pipeline shuffles, seeded
+            )
+        except BaseException:  # `fit` ends its callbacks only when it succeeds: close files
+            for callback in listed:
+                with contextlib.suppress(Exception):
+                    callback.on_train_end()
+            raise
+        for name, values in fit.history.items():
+            history.setdefault(name, []).extend(values)
+    if not parts:
         logger.info("Nothing to do: %d of %d epochs already done", initial_epoch, cfg.epochs)
 
     export_path = None
     if cfg.export and chief:
         from vxmtf.export import export_saved_model
 
+        check_finite_weights(model, run.export)
         export_path = export_saved_model(model, run.export, model_name="vxm")
     return TrainResult(
-        model, history, model_dir, export_path, initial_epoch, time.perf_counter() - start
+        model,
+        history,
+        run.path,
+        export_path,
+        initial_epoch,
+        0.0,
+        initial_batch=initial_batch,
+        best_path=run.best if run.best.is_file() else None,
     )
 
 
@@ -126,6 +209,7 @@ def load_initial_weights(model: VxmDense, path) -> None:
     Raises:
         FileNotFoundError: `path` does not exist.
         ValueError: `path` is not a `.keras` model, or its weights do not fit `model`.
+        NonFiniteError: a weight in `path` is NaN or infinite.
         NotVxmDenseError: it holds another model.
     """
     path = Path(path)
@@ -137,6 +221,13 @@ def load_initial_weights(model: VxmDense, path) -> None:
             f"The initial weights in {path} do not fit this model. Expected shapes "
             f"{expected}. Received: {received} (enc {source.enc_features}, dec "
             f"{source.dec_features}, ndim {len(source.inshape)})"
+        )
+    bad = non_finite_weights(source)
+    if bad:
+        raise NonFiniteError(
+            f"The initial weights in {path} are not finite: {len(bad)} weight(s) hold NaN or "
+            f"Inf (first: {bad[0]}). Expected a trained model with finite weights. "
+            f"Received: init_weights={path}"
         )
     model.set_weights(source.get_weights())
     logger.info("Initial weights from %s", path)
@@ -255,7 +346,8 @@ class _TrainerModel(keras.Model):
         return {name: tf.reshape(value, [1]) for name, value in logs.items()}
 
 
-def _check_model_dir(run: RunFolder, config: RunConfig, state: TrainingState) -> None:
+def _check_model_dir(run: RunFolder, config: RunConfig, state: TrainingState):
+    """The configuration of the run being resumed (None: a new run, or no config.json)."""
     if not config.train.resume:
         if run.holds_run() or state.latest() is not None:
             raise FileExistsError(
@@ -263,14 +355,16 @@ def _check_model_dir(run: RunFolder, config: RunConfig, state: TrainingState) ->
                 "(train.resume, --resume on the command line), or choose another model folder; "
                 "nothing was overwritten."
             )
-        return
-    if run.holds_run():
-        saved = run.load_config()
-        if saved.model != config.model:
-            raise ValueError(
-                f"Resuming needs the architecture of the run in {run.path}. Expected: "
-                f"{saved.model}. Received: {config.model}"
-            )
+        return None
+    if not run.holds_run():
+        return None
+    saved = run.load_config()
+    if saved.model != config.model:
+        raise ValueError(
+            f"Resuming needs the architecture of the run in {run.path}. Expected: "
+            f"{saved.model}. Received: {config.model}"
+        )
+    return saved
 
 
 @contextlib.contextmanager
