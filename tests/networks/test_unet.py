@@ -84,6 +84,15 @@ def loss_and_gradients(model, x, compiled):
     return tf.function(run)() if compiled else run()
 
 
+def assert_same_outputs_and_gradients(expected, received):
+    """`(y, gradients)` pairs equal up to float32 rounding, relative to each tensor's scale."""
+    (y0, grads0), (y1, grads1) = expected, received
+    np.testing.assert_allclose(y1.numpy(), y0.numpy(), rtol=0, atol=1e-5 * np.abs(y0).max())
+    for g0, g1 in zip(grads0, grads1, strict=True):
+        g0, g1 = g0.numpy(), g1.numpy()
+        np.testing.assert_allclose(g1, g0, rtol=0, atol=1e-4 * np.abs(g0).max())
+
+
 @pytest.mark.parametrize("inshape", [(16, 24), (8, 16, 8)])
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "graph"])
 def test_recompute_gives_the_same_outputs_loss_and_gradients(inshape, compiled):
@@ -169,11 +178,8 @@ def test_recompute_without_final_convolutions():
     y0, loss0, grads0 = loss_and_gradients(plain, x, compiled=True)
     y1, loss1, grads1 = loss_and_gradients(recomputing, x, compiled=True)
     assert y1.shape == (1, 16, 16, 6 + 4)
-    np.testing.assert_allclose(y1.numpy(), y0.numpy(), rtol=0, atol=1e-5 * np.abs(y0).max())
+    assert_same_outputs_and_gradients((y0, grads0), (y1, grads1))
     np.testing.assert_allclose(loss1.numpy(), loss0.numpy(), rtol=1e-5)
-    for g0, g1 in zip(grads0, grads1, strict=True):
-        g0, g1 = g0.numpy(), g1.numpy()
-        np.testing.assert_allclose(g1, g0, rtol=0, atol=1e-4 * np.abs(g0).max())
 
 
 @pytest.mark.parametrize("recompute", ["yes", 1, None])
@@ -360,10 +366,7 @@ def test_recompute_with_the_explicit_form_trains_like_the_default():
     x = tf.constant(np.random.default_rng(12).uniform(size=(1, 16, 16, 2)), tf.float32)
     y0, _, grads0 = loss_and_gradients(default, x, compiled=True)
     y1, _, grads1 = loss_and_gradients(recomputing, x, compiled=True)
-    np.testing.assert_allclose(y1.numpy(), y0.numpy(), rtol=0, atol=1e-5 * np.abs(y0).max())
-    for g0, g1 in zip(grads0, grads1, strict=True):
-        g0, g1 = g0.numpy(), g1.numpy()
-        np.testing.assert_allclose(g1, g0, rtol=0, atol=1e-4 * np.abs(g0).max())
+    assert_same_outputs_and_gradients((y0, grads0), (y1, grads1))
 
 
 @pytest.mark.parametrize("value", ["yes", 1, None])

@@ -144,8 +144,9 @@ def test_a_second_process_cannot_claim_a_held_folder(tmp_path):
     )
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     folder = tmp_path / "run"
-    with RunFolder(folder).claim():
-        held = subprocess.run(
+
+    def claim_in_another_process():
+        return subprocess.run(
             [sys.executable, "-c", code, str(folder)],
             cwd=ROOT,
             env=env,
@@ -153,13 +154,9 @@ def test_a_second_process_cannot_claim_a_held_folder(tmp_path):
             text=True,
             timeout=300,
         )
+
+    with RunFolder(folder).claim():
+        held = claim_in_another_process()
     assert "busy:" in held.stdout and "another training holds it" in held.stdout, held.stderr
-    free = subprocess.run(
-        [sys.executable, "-c", code, str(folder)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    free = claim_in_another_process()
     assert free.stdout.strip() == "claimed", free.stderr

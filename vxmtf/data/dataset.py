@@ -47,7 +47,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from vxmtf.data.finite import check_finite
 from vxmtf.data.io import SUFFIXES, load_label_map, load_volume, read_shape
 
 logger = logging.getLogger(__name__)
@@ -296,8 +295,7 @@ class Dataset:
         logger.info("Dataset '%s': reading %d scans to check their voxels", self.name, len(scans))
 
         def check(scan: Scan) -> np.ndarray | None:
-            image = load_volume(scan.image)
-            check_finite(image.array, str(scan.image))
+            image = load_volume(scan.image)  # refuses non-finite voxels, naming the file
             if not labels or scan.label is None:
                 return None
             values = np.unique(load_label_map(scan.label, image).volume.array)
