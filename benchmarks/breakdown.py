@@ -39,7 +39,9 @@ def _gradient_fn(forward, sources):
             loss = tf.reduce_sum(tf.cast(out, tf.float32) * upstream)
         grads = tape.gradient(loss, sources)
         # One scalar that depends on every gradient, so that nothing is pruned.
-        return loss + tf.add_n([tf.reduce_sum(g) for g in grads if g is not None])
+        return loss + tf.add_n(
+            [tf.reduce_sum(tf.cast(g, tf.float32)) for g in grads if g is not None]
+        )
 
     return run
 

@@ -148,3 +148,33 @@ def test_no_command_prints_a_flag_default(module, capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "--help" in text or "usage:" in text
     assert "(default: True)" not in text and "(default: False)" not in text
+
+
+@pytest.mark.parametrize("module", ["vxmtf.register", "vxmtf.export"])
+def test_python_m_of_a_tool_inside_the_package_prints_nothing_of_tensorflow(module):
+    # `python -m vxmtf.<tool>` imports `vxmtf` (and with it TensorFlow) before the tool's module
+    env = {k: v for k, v in os.environ.items() if k not in (launch.ONEDNN, launch.LOG_LEVEL)}
+    real = subprocess.run(
+        [sys.executable, "-m", module, "--help"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert real.returncode == 0 and "usage:" in real.stdout
+    assert real.stderr.strip() == "", real.stderr[-2000:]
+
+
+@pytest.mark.parametrize("module", ["train.__main__", "vxmtf.register", "evaluate.dice"])
+def test_every_option_with_a_default_shows_it_in_help(module):
+    import importlib
+
+    parser = importlib.import_module(module).build_parser()
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        flag = isinstance(action, launch._FLAG_ACTIONS) or action.nargs == 0
+        if flag or action.required or action.default in (None, argparse.SUPPRESS):
+            continue
+        text = formatter._expand_help(action) if action.help else ""
+        assert "default" in text, f"{module} {action.option_strings}: {text!r}"

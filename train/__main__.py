@@ -99,7 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--bidir", action="store_true", help="bidirectional (symmetric) image loss")
     g = p.add_argument_group("training")
-    g.add_argument("--image-loss", choices=("ncc", "mse"), default=t.image_loss)
+    g.add_argument(
+        "--image-loss",
+        choices=("ncc", "mse"),
+        default=t.image_loss,
+        help="similarity of moved and fixed images: local normalised cross-correlation or mean "
+        "squared error",
+    )
     g.add_argument(
         "--lambda",
         dest="reg_weight",
@@ -113,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=t.seg_weight,
         help="weight of the soft Dice on warped label maps (semi-supervised; needs labels)",
     )
-    g.add_argument("--epochs", type=int, default=t.epochs)
+    g.add_argument(
+        "--epochs", type=int, default=t.epochs, help="epochs to train (in all, with --resume)"
+    )
     g.add_argument(
         "--steps-per-epoch",
         type=int,
@@ -128,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="Adam learning rate, finite and > 0 (default: 1e-3 on the built-in synthetic data, "
         "1e-4 with --data)",
     )
-    g.add_argument("--seed", type=int, default=t.seed)
+    g.add_argument(
+        "--seed", type=int, default=t.seed, help="seed of pair sampling and initial weights"
+    )
     g.add_argument("--model-dir", default=t.model_dir, help="output folder")
     g.add_argument(
         "--save-every",
