@@ -63,7 +63,7 @@ import vxmtf_cli as cli
 from vxmtf.atomic import atomic_path
 from vxmtf.checks import check_bool, check_int
 from vxmtf.data.preprocess import PreprocessConfig
-from vxmtf.networks.loading import as_vxm_dense, float32_clone
+from vxmtf.networks.loading import as_vxm_dense, inference_clone
 from vxmtf.networks.tiled import tiled_displacement
 from vxmtf.ops.prepare import (
     crop,
@@ -178,7 +178,7 @@ def export_saved_model(
         record_file = Path(scratch) / PREPROCESSING_ASSET
         record_file.write_text(json.dumps(record, indent=2) + "\n")
         module = _ServingModule(
-            float32_clone(model), preprocessing, preprocess, tiled, bool(jit_compile), record_file
+            inference_clone(model), preprocessing, preprocess, tiled, bool(jit_compile), record_file
         )
         # The hidden temporary folder (`.<version>.tmp-...`) is a name TF Serving ignores.
         with atomic_path(target, directory=True) as staging:

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from vxmtf.networks.loading import NotVxmDenseError, float32_clone, load_vxm_dense
+from vxmtf.networks.loading import NotVxmDenseError, inference_clone, load_vxm_dense
 from vxmtf.networks.vxm_dense import VxmDense
 
 SMALL = {"enc_features": (4, 4), "dec_features": (4, 4, 4)}
@@ -34,14 +34,14 @@ def test_loads_a_saved_model_and_names_bad_files(tmp_path):
 
 
 @pytest.mark.parametrize("inshape", [None, (24, 8)])
-def test_float32_clone_has_free_or_given_sizes_and_the_weights(inshape):
+def test_inference_clone_has_free_or_given_sizes_and_the_weights(inshape):
     policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy("mixed_float16")
     try:
         model = VxmDense((16, 16), int_steps=3, bidir=True, **SMALL)
     finally:
         keras.config.set_dtype_policy(policy)
-    clone = float32_clone(model, inshape)
+    clone = inference_clone(model, inshape)
     assert clone.inshape == (tuple(inshape) if inshape else (None, None))
     assert not clone.bidir and "inverse_moved" not in clone.output
     assert all(w.dtype == "float32" for w in clone.weights)

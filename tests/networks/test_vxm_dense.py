@@ -348,13 +348,13 @@ def test_shipped_model_gives_the_displacement_of_the_explicit_decoder():
     # pretrained/vxm_lpba40.keras (saved before `transposed_decoder` existed) loads unchanged
     # and runs the transposed decoder; at 32^3 its flow and displacement match an independent
     # float64 NumPy reference of the explicit form within float32 rounding.
-    from vxmtf.networks.loading import float32_clone, load_vxm_dense
+    from vxmtf.networks.loading import inference_clone, load_vxm_dense
 
     if not SHIPPED.is_file():
         pytest.skip(f"shipped model not found: {SHIPPED}")
     shipped = load_vxm_dense(SHIPPED)
     assert shipped.transposed_decoder and shipped.unet.transposed_decoder
-    model = float32_clone(shipped, (32, 32, 32))
+    model = inference_clone(shipped, (32, 32, 32))
     explicit = VxmDense.from_config(model.get_config() | {"transposed_decoder": False})
     explicit.set_weights(model.get_weights())
     rng = np.random.default_rng(13)

@@ -61,7 +61,11 @@ def test_refine_options_and_errors(tmp_path):
     model = shift_model([0.0, 0.0, 0.0])
     assert Registrator(model, config=_config(0), refine=5).refine.steps == 5
     assert Registrator(model, config=_config(0), refine={"steps": 2}).refine.steps == 2
-    assert Registrator(model, config=_config(0)).settings() == {"refine": None, "affine": None}
+    assert Registrator(model, config=_config(0)).settings() == {
+        "refine": None,
+        "affine": None,
+        "precision": "float32",
+    }
     with pytest.raises(ValueError, match="refine_steps"):
         Registrator(model, config=_config(0), refine=-1)
     with pytest.raises(TypeError, match="Received: refine='many'"):

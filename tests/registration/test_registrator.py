@@ -143,6 +143,42 @@ def test_tiling_arguments(tmp_path):
         Registrator(tmp_path / "vxm", config=RunConfig(), slab=8)
 
 
+@pytest.mark.parametrize("tiled", [False, True])
+def test_bfloat16_registration_is_close_to_float32(tiled):
+    """precision="bfloat16": the U-Net computes in bfloat16 (8 bits of mantissa), the field and
+    the warp in float32; against the float32 field (an independent computation of the same
+    function at higher precision), the error is at bfloat16's level, not larger."""
+    model = random_field_model(7)
+    rng = np.random.default_rng(3)
+    shape = (21, 18, 23)
+    moving = ndimage.gaussian_filter(rng.uniform(size=shape), 1).astype(np.float32)
+    fixed = ndimage.gaussian_filter(rng.uniform(size=shape), 1).astype(np.float32)
+    expected = Registrator(model, config=RunConfig(), tiled=False).register(moving, fixed)
+    registrator = Registrator(model, config=RunConfig(), tiled=tiled, precision="bfloat16")
+    assert registrator.settings()["precision"] == "bfloat16"
+    convs = [layer for layer in registrator.predictor.model.layers if "unet" in layer.name]
+    assert convs and all(layer.compute_dtype == "bfloat16" for layer in convs)
+    result = registrator.register(moving, fixed)
+    assert result.displacement.dtype == np.float32 and result.moved.dtype == np.float32
+    error = np.abs(result.displacement - expected.displacement)
+    scale = np.abs(expected.displacement).max()
+    assert scale > 0.5
+    assert 0 < error.max() < 0.03 * scale  # bf16 differs (it ran), but only by rounding
+    np.testing.assert_allclose(result.moved, expected.moved, atol=0.05)
+
+
+def test_precision_arguments(tmp_path):
+    model = shift_model([0.0, 0.0, 0.0])
+    with pytest.raises(
+        ValueError, match=r"one of \('float32', 'bfloat16'\). Received: precision='fp16'"
+    ):
+        Registrator(model, config=RunConfig(), precision="fp16")
+    export_saved_model(model, tmp_path)
+    with pytest.raises(ValueError, match=r"SavedModel.*Received: precision='bfloat16'"):
+        Registrator(tmp_path / "vxm", config=RunConfig(), precision="bfloat16")
+    assert Registrator(tmp_path / "vxm", config=RunConfig()).settings()["precision"] == "float32"
+
+
 @pytest.mark.parametrize("shape", [(11, 6, 7), (9, 10)])
 def test_warp_by_chunks_of_rows_is_the_whole_warp(shape):
     """Chunks of 1 row, of rows that do not divide the axis, and larger than it; linear and

@@ -5,10 +5,12 @@ Every consumer of a saved model goes through here: registration (`vxmtf.registra
 without compiling, checked to hold a `VxmDense` (`NotVxmDenseError` otherwise), and Keras's many
 error types for a bad archive become one `ValueError` naming the file.
 
-`float32_clone` rebuilds the architecture with free spatial sizes (or a given shape), float32
-everywhere and without the inverse outputs of a bidirectional model, holding the trained
-weights: one graph then registers volumes of any size in float32, whatever the size and dtype
-policy the model was trained with.
+`inference_clone` rebuilds the architecture with free spatial sizes (or a given shape) and
+without the inverse outputs of a bidirectional model, holding the trained weights: one graph
+then registers volumes of any size, whatever the size and dtype policy the model was trained
+with. Its precision is float32 everywhere, or `"bfloat16"`: the U-Net computes in bfloat16
+(Keras policy `mixed_bfloat16`, float32 weights) while the flow head, the integration and the
+resizing stay float32, as in mixed-precision training.
 """
 
 from __future__ import annotations
@@ -22,7 +24,17 @@ import keras
 
 from vxmtf.networks.vxm_dense import VxmDense
 
-__all__ = ["NotVxmDenseError", "check_vxm_dense", "float32_clone", "load_vxm_dense"]
+__all__ = [
+    "PRECISIONS",
+    "NotVxmDenseError",
+    "check_precision",
+    "check_vxm_dense",
+    "inference_clone",
+    "load_vxm_dense",
+]
+
+#: Inference precisions and the Keras dtype policy each builds the copy under.
+PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 
 
 class NotVxmDenseError(TypeError):
@@ -93,19 +105,32 @@ def as_vxm_dense(model) -> VxmDense:
     return check_vxm_dense(model)
 
 
-def float32_clone(model, inshape=None) -> VxmDense:
-    """The architecture of `model` at `inshape` (default: every spatial size free), float32,
-    forward outputs only (`bidir=False`), holding `model`'s weights.
+def check_precision(precision) -> str:
+    """Returns `precision` if it is a key of `PRECISIONS`, else raises ValueError."""
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise ValueError(
+            f"Expected `precision` to be one of {tuple(PRECISIONS)}. "
+            f"Received: precision={precision!r}"
+        )
+    return precision
+
+
+def inference_clone(model, inshape=None, precision="float32") -> VxmDense:
+    """The architecture of `model` at `inshape` (default: every spatial size free), forward
+    outputs only (`bidir=False`), holding `model`'s weights.
 
     Args:
         model: a `VxmDense`.
         inshape: spatial shape of the copy (ints or None); None makes every size free.
+        precision: "float32", or "bfloat16" (the U-Net in bfloat16, fields in float32; see
+            the module docstring).
     """
     check_vxm_dense(model)
+    policy = PRECISIONS[check_precision(precision)]
     config = model.get_config()
     ndim = len(model.inshape)
     config.update(inshape=tuple(inshape) if inshape is not None else (None,) * ndim, bidir=False)
-    with _dtype_policy("float32"):
+    with _dtype_policy(policy):
         clone = VxmDense.from_config(config)
     for layer in clone.layers:
         if layer.weights:

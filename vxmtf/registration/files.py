@@ -211,6 +211,7 @@ def register_files(
     affine=None,
     affine_transform=None,
     refine=None,
+    precision="float32",
     overwrite=True,
 ) -> RegisteredFiles:
     """Registers a moving image file onto a fixed one and writes the results on the fixed grid.
@@ -233,6 +234,7 @@ def register_files(
             (`.txt`, `.tfm` or `.mat`; `vxmtf.data.itk.write_itk_affine`); needs `affine`.
         refine: test-time refinement (`Registrator(refine=...)`), when `model` is not a
             `Registrator` already.
+        precision: the network's arithmetic (`Registrator(precision=...)`), likewise.
         overwrite: replace output files that exist (the default, as Keras's `Model.save`);
             False refuses them (`FileExistsError`) before any work, as the command line does
             without `--overwrite`.
@@ -285,7 +287,9 @@ def register_files(
     if isinstance(model, Registrator):
         registrator = model
     else:
-        registrator = Registrator(model, config=config, refine=refine, affine=affine)
+        registrator = Registrator(
+            model, config=config, refine=refine, affine=affine, precision=precision
+        )
     if affine_transform is not None and registrator.affine is None:
         raise ValueError(
             "An ITK affine transform file is written by the affine stage: expected the affine "

@@ -4,7 +4,9 @@ Each predictor maps a prepared pair, `moving` and `fixed` float32 `(1, *P, 1)` w
 `P` a multiple of `multiple`, to the displacement `(1, *P, ndim)` in voxels of that grid
 (`moved[x] = moving[x + displacement[x]]`):
 
-- `KerasPredictor`: a `VxmDense` run whole, in float32, with free spatial sizes;
+- `KerasPredictor`: a `VxmDense` run whole, with free spatial sizes, in float32 or with its U-Net
+  in bfloat16 (`precision`, `vxmtf.networks.loading.inference_clone`; the displacement is
+  float32 either way);
 - `TiledKerasPredictor`: the same displacement computed slab by slab along the first axis
   (`vxmtf.networks.tiled_displacement`), in a fraction of the memory;
 - `SavedModelPredictor`: the `serving_default` signature of a `vxmtf.export` SavedModel, which
@@ -28,27 +30,44 @@ import numpy as np
 import tensorflow as tf
 
 from vxmtf.export import read_preprocessing
-from vxmtf.networks.loading import as_vxm_dense, float32_clone
+from vxmtf.networks.loading import as_vxm_dense, check_precision, inference_clone
 from vxmtf.networks.tiled import check_slab, default_slab, tiled_displacement, tiled_flow
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["KerasPredictor", "SavedModelPredictor", "TiledKerasPredictor", "make_predictor"]
+__all__ = [
+    "KerasPredictor",
+    "SavedModelPredictor",
+    "TiledKerasPredictor",
+    "make_predictor",
+    "native_bfloat16",
+]
 
 
 class KerasPredictor:
-    """A `VxmDense` run whole (float32 copy with free spatial sizes).
+    """A `VxmDense` run whole (a copy with free spatial sizes).
+
+    Args:
+        model: a `VxmDense`.
+        precision: "float32", or "bfloat16" for the U-Net (faster on CPUs with AVX512_BF16 or
+            AMX, and on GPUs; emulated, and slower, elsewhere: a warning says so).
 
     Attributes:
-        model: the float32 copy. `inshape`: the trained model's input shape. `ndim`,
-            `multiple`: its dimensionality and size multiple.
+        model: the copy. `inshape`: the trained model's input shape. `ndim`, `multiple`: its
+            dimensionality and size multiple. `precision`: the argument.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, precision="float32"):
         self.inshape = tuple(model.inshape)
         self.ndim = len(self.inshape)
         self.multiple = model.size_multiple
-        self.model = float32_clone(model)
+        self.precision = check_precision(precision)
+        if precision == "bfloat16" and native_bfloat16() is False:
+            logger.warning(
+                "precision bfloat16 on a CPU without AVX512_BF16 or AMX: bfloat16 is emulated "
+                "there and slower than float32"
+            )
+        self.model = inference_clone(model, precision=precision)
         spec = tf.TensorSpec((None,) * (self.ndim + 1) + (1,), tf.float32)
         self._predict = tf.function(self._displacement, input_signature=[spec, spec])
 
@@ -79,8 +98,8 @@ class TiledKerasPredictor(KerasPredictor):
             per input shape (`vxmtf.networks.default_slab`).
     """
 
-    def __init__(self, model, slab=None):
-        super().__init__(model)
+    def __init__(self, model, slab=None, precision="float32"):
+        super().__init__(model, precision)
         self.slab = None if slab is None else check_slab(slab, self.model)
         spec = tf.TensorSpec((None,) * (self.ndim + 1) + (1,), tf.float32)
         # The slab is an argument, not a constant: one graph serves every input shape.
@@ -167,16 +186,32 @@ class SavedModelPredictor:
         return out["displacement"].numpy()[0], out["moved"].numpy()[0, ..., 0]
 
 
-def make_predictor(model, tiled=True, slab=None):
+def native_bfloat16():
+    """Whether this machine computes bfloat16 natively: a GPU, or a CPU with AVX512_BF16 or
+    AMX (from /proc/cpuinfo); None when unknown (no /proc/cpuinfo: not Linux)."""
+    if tf.config.list_physical_devices("GPU"):
+        return True
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    flags = set(text.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def make_predictor(model, tiled=True, slab=None, precision="float32"):
     """The predictor for `model`: a `VxmDense`, a `.keras` file, or a SavedModel folder.
 
     Args:
         model: a `VxmDense`, or a path from `vxmtf.training.run_folder.resolve_model_path`.
         tiled: slab-wise inference for a Keras model (a SavedModel runs its exported graph).
         slab: rows per slab when tiled (None: automatic).
+        precision: "float32" or "bfloat16" (`KerasPredictor`); a SavedModel runs in the
+            precision it was exported in.
 
     Raises:
-        ValueError: a `slab` for a SavedModel, or a bad model file.
+        ValueError: a `slab` or a bfloat16 `precision` for a SavedModel, a bad `precision`,
+            or a bad model file.
         NotVxmDenseError: a `.keras` file or model that is not a `VxmDense`.
     """
     if isinstance(model, (str, Path)) and Path(model).is_dir():
@@ -185,6 +220,14 @@ def make_predictor(model, tiled=True, slab=None):
                 f"`slab` applies to Keras models; {model} is a SavedModel, which runs its "
                 f"exported graph. Received: slab={slab!r}"
             )
+        if check_precision(precision) != "float32":
+            raise ValueError(
+                f"`precision` applies to Keras models; {model} is a SavedModel, which runs in "
+                f"the precision it was exported in (float32). Received: precision={precision!r}"
+            )
         return SavedModelPredictor(model)
+    check_precision(precision)
     model = as_vxm_dense(model)
-    return TiledKerasPredictor(model, slab) if tiled else KerasPredictor(model)
+    if tiled:
+        return TiledKerasPredictor(model, slab, precision)
+    return KerasPredictor(model, precision)
