@@ -10,12 +10,14 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from vxmtf.networks import VxmDense
 from vxmtf.registration import Registrator
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "pretrained" / "vxm_lpba40.keras"
+SEG_MODEL = ROOT / "pretrained" / "vxm_lpba40_seg.keras"
 CARD = ROOT / "pretrained" / "README.md"
 #: Validation subject 7 onto the atlas (subject 1): a `registration_val` pair, never trained on.
 MOVING, FIXED = "LPBA40_0007_0000.nii.gz", "LPBA40_0001_0000.nii.gz"
@@ -38,18 +40,22 @@ def folded_share(displacement):
     return float((np.linalg.det(jacobian) <= 0).mean())
 
 
-def test_shipped_model_loads_with_its_preprocessing():
-    assert MODEL.is_file(), "pretrained/vxm_lpba40.keras is missing"
-    assert MODEL.stat().st_size < 5e6
-    registrator = Registrator(MODEL)
-    assert registrator.config_path == MODEL.with_suffix(".config.json")
+@pytest.mark.parametrize("model", [MODEL, SEG_MODEL], ids=["unsupervised", "semi-supervised"])
+def test_shipped_model_loads_with_its_preprocessing(model):
+    assert model.is_file(), f"pretrained/{model.name} is missing"
+    assert model.stat().st_size < 5e6
+    registrator = Registrator(model)
+    assert registrator.config_path == model.with_suffix(".config.json")
     assert (registrator.downsample, registrator.normalize) == (2, "minmax")
+    expected_seg_weight = 1.0 if model == SEG_MODEL else 0.0
+    assert registrator.config.train.seg_weight == expected_seg_weight
     import keras
 
-    assert isinstance(keras.models.load_model(MODEL, compile=False), VxmDense)
+    assert isinstance(keras.models.load_model(model, compile=False), VxmDense)
     card = CARD.read_text()
-    for needed in ("python -m train", "LPBA40", "Shattuck", "terms", "Dice"):
+    for needed in ("python -m train", "LPBA40", "Shattuck", "terms", "Dice", model.name):
         assert needed in card, needed
+    assert "56-structure" in card  # the semi-supervised model assumes LPBA40's protocol
 
 
 def test_registers_a_held_out_pair_from_nifti(lpba40_dir, tmp_path):

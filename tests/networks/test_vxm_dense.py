@@ -345,7 +345,8 @@ def reference_flow(model, moving, fixed):
 
 
 def test_shipped_model_gives_the_displacement_of_the_explicit_decoder():
-    # pretrained/vxm_lpba40.keras (saved before `transposed_decoder` existed) loads unchanged
+    # pretrained/vxm_lpba40.keras (fine-tuned from a release saved before `transposed_decoder`
+    # existed) loads unchanged
     # and runs the transposed decoder; at 32^3 its flow and displacement match an independent
     # float64 NumPy reference of the explicit form within float32 rounding.
     from vxmtf.networks.loading import inference_clone, load_vxm_dense

@@ -167,6 +167,18 @@ def test_bfloat16_registration_is_close_to_float32(tiled):
     np.testing.assert_allclose(result.moved, expected.moved, atol=0.05)
 
 
+def test_bfloat16_without_hardware_support_warns(monkeypatch, caplog):
+    monkeypatch.setattr(predictors, "native_bfloat16", lambda: False)
+    model = shift_model([0.0, 0.0, 0.0])
+    with caplog.at_level("WARNING", logger="vxmtf.registration.predictors"):
+        Registrator(model, config=RunConfig(), precision="bfloat16")
+    assert "emulated" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="vxmtf.registration.predictors"):
+        Registrator(model, config=RunConfig())
+    assert "emulated" not in caplog.text
+
+
 def test_precision_arguments(tmp_path):
     model = shift_model([0.0, 0.0, 0.0])
     with pytest.raises(
