@@ -61,13 +61,13 @@ class KerasPredictor:
         self.inshape = tuple(model.inshape)
         self.ndim = len(self.inshape)
         self.multiple = model.size_multiple
-        self.precision = check_precision(precision)
+        self.model = inference_clone(model, precision=precision)  # checks `precision`
+        self.precision = precision
         if precision == "bfloat16" and native_bfloat16() is False:
             logger.warning(
                 "precision bfloat16 on a CPU without AVX512_BF16 or AMX: bfloat16 is emulated "
                 "there and slower than float32"
             )
-        self.model = inference_clone(model, precision=precision)
         spec = tf.TensorSpec((None,) * (self.ndim + 1) + (1,), tf.float32)
         self._predict = tf.function(self._displacement, input_signature=[spec, spec])
 
@@ -214,19 +214,19 @@ def make_predictor(model, tiled=True, slab=None, precision="float32"):
             or a bad model file.
         NotVxmDenseError: a `.keras` file or model that is not a `VxmDense`.
     """
+    check_precision(precision)
     if isinstance(model, (str, Path)) and Path(model).is_dir():
         if slab is not None:
             raise ValueError(
                 f"`slab` applies to Keras models; {model} is a SavedModel, which runs its "
                 f"exported graph. Received: slab={slab!r}"
             )
-        if check_precision(precision) != "float32":
+        if precision != "float32":
             raise ValueError(
                 f"`precision` applies to Keras models; {model} is a SavedModel, which runs in "
                 f"the precision it was exported in (float32). Received: precision={precision!r}"
             )
         return SavedModelPredictor(model)
-    check_precision(precision)
     model = as_vxm_dense(model)
     if tiled:
         return TiledKerasPredictor(model, slab, precision)
