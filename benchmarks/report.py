@@ -129,10 +129,7 @@ def _breakdown_table(cases):
     if not runs:
         return []
     names = list(runs)
-    header = " | ".join(
-        f"{'x'.join(map(str, _spec(runs[n])['shape']))} int_steps {_spec(runs[n])['int_steps']}"
-        for n in names
-    )
+    header = " | ".join(_breakdown_column(runs[n]) for n in names)
     lines = [
         "",
         "Training step by parts (forward + backward of each alone; median s, share of the step):",
@@ -154,6 +151,14 @@ def _breakdown_table(cases):
             cells.append("-" if value is None else f"{value:.3f} ({100 * value / step:.0f}%)")
         lines.append(f"| {part} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _breakdown_column(result):
+    """Column title: shape, int_steps and the flags (a float32 and a bf16 run must differ)."""
+    spec = _spec(result)
+    title = f"{'x'.join(map(str, spec['shape']))} int_steps {spec['int_steps']}"
+    flags = _flags(result)
+    return title if flags == "-" else f"{title} ({flags})"
 
 
 def _tiling_cost_table(cases):

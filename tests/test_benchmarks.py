@@ -172,6 +172,9 @@ def test_report_pipeline_ratio_and_tables():
         "cpu_ratio": 1.04,
         "peak_gb": 3.0,
     }
+    parts = {"unet": {"median": 0.5}, "step": {"median": 1.0}}
+    for name in ("breakdown-32x32x32-int7", "breakdown-32x32x32-int7+bf16"):
+        results["cases"][name] = {"spec": parse_case(name), "parts": parts, "sum_of_parts": 0.5}
     step, ratio = pipeline_ratio(results, results["cases"]["pipeline-ds2"])
     assert (step, ratio) == (2.0, 8.0)
     text = markdown(results)
@@ -181,6 +184,9 @@ def test_report_pipeline_ratio_and_tables():
     assert row in text
     row = "| 80x96x80 | 7 | 24 | 1.050 | 1.000 | 1.050 | 2.00 | 2.00 | 1.040 |"
     assert row in text
+    # the two breakdown columns of one shape are told apart by their flags
+    assert "| part | 32x32x32 int_steps 7 | 32x32x32 int_steps 7 (bf16) |" in text
+    assert "| unet | 0.500 (50%) | 0.500 (50%) |" in text
 
 
 def test_quick_run_writes_positive_results(tmp_path):
