@@ -178,3 +178,14 @@ def test_every_option_with_a_default_shows_it_in_help(module):
             continue
         text = formatter._expand_help(action) if action.help else ""
         assert "default" in text, f"{module} {action.option_strings}: {text!r}"
+
+
+def test_precision_choices_are_the_library_precisions():
+    # vxmtf_cli may not import Keras, so it spells the choices out; they must not drift apart
+    from vxmtf.networks.loading import PRECISIONS
+
+    parser = argparse.ArgumentParser()
+    launch.add_registration_arguments(parser)
+    action = next(a for a in parser._actions if a.dest == "precision")
+    assert tuple(action.choices) == tuple(PRECISIONS)
+    assert action.default in PRECISIONS
