@@ -53,6 +53,7 @@ import time  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow.python.eager import context  # noqa: E402
 
+from benchmarks.harness import cpu_fields  # noqa: E402
 from benchmarks.workloads import build_trainer, random_pair  # noqa: E402
 
 # Remapping setting per variant: None restores RewriterConfig.DEFAULT (the option unset).
@@ -123,17 +124,8 @@ def op_diff(ops, base):
 
 def machine():
     """CPU model, logical CPUs, TensorFlow version, oneDNN and log-level environment."""
-    model = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     return {
-        "cpu": model,
+        "cpu": cpu_fields().get("model name") or platform.processor() or "unknown",
         "cpu_count": os.cpu_count(),
         "tensorflow": tf.__version__,
         "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "(unset)"),

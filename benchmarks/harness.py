@@ -82,17 +82,26 @@ def with_flags(name, xla, mixed_precision):
     return name
 
 
+def cpu_fields():
+    """The first CPU's `/proc/cpuinfo` fields ("model name", "flags", ...); {} when unreadable."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return fields
+
+
 def machine_info():
     """CPU model, cores, memory, library versions and whether oneDNN is on."""
     import keras
     import tensorflow as tf
     from tensorflow.python.util import _pywrap_util_port
 
-    fields = {}
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
+    fields = cpu_fields()
     cpu = fields.get("model name") or platform.processor() or "unknown"
     flags = fields.get("flags", "").split()
     memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9

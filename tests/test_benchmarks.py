@@ -225,3 +225,23 @@ def test_registration_workloads_run_the_registrator():
         assert len(result[path]["times"]) == len(result[path]["cpu_times"]) == 2
         assert result[path]["median"] > 0
     assert result["ratio"] > 0 and result["cpu_ratio"] > 0
+
+
+def test_cpu_fields_parse_the_first_cpu_and_tolerate_no_cpuinfo(monkeypatch):
+    import io
+
+    from benchmarks import harness
+
+    text = (
+        "processor\t: 0\nmodel name\t: Chip A\nflags\t\t: fpu avx2\n\n"
+        "processor\t: 1\nmodel name\t: Chip B\n"
+    )
+    monkeypatch.setattr(harness, "open", lambda path: io.StringIO(text), raising=False)
+    fields = harness.cpu_fields()
+    assert fields["model name"] == "Chip A" and fields["flags"].split() == ["fpu", "avx2"]
+
+    def missing(path):
+        raise FileNotFoundError(path)
+
+    monkeypatch.setattr(harness, "open", missing, raising=False)
+    assert harness.cpu_fields() == {}
