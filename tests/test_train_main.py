@@ -26,6 +26,16 @@ def test_recompute_flag_sets_the_train_config():
     assert parse("--recompute").model == parse().model
 
 
+def test_lr_schedule_option(tmp_path, capsys):
+    assert parse().train.lr_schedule == "constant"
+    assert parse("--lr-schedule", "cosine").train.lr_schedule == "cosine"
+    run = tmp_path / "run"
+    assert main(["--lr-schedule", "linear", "--model-dir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "argument --lr-schedule" in err and "'linear'" in err and "cosine" in err
+    assert not run.exists()
+
+
 def test_recompute_flag_reaches_the_trained_model(tmp_path, monkeypatch):
     # main() sets these only when unset; pin them so that the test leaves the environment as
     # it found it.

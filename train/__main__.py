@@ -16,7 +16,7 @@ import vxmtf_cli as cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vxmtf.training.config import DataConfig, ModelConfig, TrainConfig
+    from vxmtf.training.config import LR_SCHEDULES, DataConfig, ModelConfig, TrainConfig
 
     d, m, t = DataConfig(), ModelConfig(), TrainConfig()
     p = argparse.ArgumentParser(
@@ -137,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
         "1e-4 with --data)",
     )
     g.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        default=t.lr_schedule,
+        help="constant, or cosine: a half cosine from --lr down to --lr / 100 at the run's "
+        "last step (epochs x steps per epoch)",
+    )
+    g.add_argument(
         "--seed", type=int, default=t.seed, help="seed of pair sampling and initial weights"
     )
     g.add_argument("--model-dir", default=t.model_dir, help="output folder")
@@ -223,6 +230,7 @@ def config_from_args(args):
             steps_per_epoch=args.steps_per_epoch,
             batch_size=args.batch_size,
             lr=args.lr,
+            lr_schedule=args.lr_schedule,
             seed=args.seed,
             mixed_precision=args.mixed_precision,
             xla=args.xla,

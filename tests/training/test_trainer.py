@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import os
 import re
 import signal
@@ -20,6 +21,7 @@ import pytest
 from vxmtf.networks import VxmDense
 from vxmtf.training import DataConfig, ModelConfig, RunConfig, TrainConfig, train
 from vxmtf.training.checkpoint import NonFiniteError, TrainingState, atomic_save_model
+from vxmtf.training.trainer import build_training_model
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("run_worker.py")
@@ -86,6 +88,23 @@ def test_resume_restores_weights_and_optimizer(tmp_path):
     rows = list(csv.DictReader((run / "history.csv").read_text().splitlines()))
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]
     assert not np.allclose(first.model.get_layer("flow").get_weights()[0], 0)
+
+
+def test_cosine_schedule_falls_from_lr_to_a_hundredth_over_the_run(tmp_path):
+    config = tiny_config(tmp_path / "run", epochs=4, steps_per_epoch=5, lr_schedule="cosine")
+    optimizer = build_training_model(config, (32, 32)).compile().optimizer
+    total = 4 * 5
+    for step in (0, 5, 10, 19, 20, 35):
+        optimizer.iterations.assign(step)
+        # Half cosine from 1e-3 to 1e-5 at step 20, then constant (written out, not Keras').
+        t = min(step, total) / total
+        expected = 1e-3 * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * t)))
+        assert float(optimizer.learning_rate) == pytest.approx(expected, rel=1e-5), step
+    constant = build_training_model(tiny_config(tmp_path / "c"), (32, 32)).compile().optimizer
+    constant.iterations.assign(15)
+    assert float(constant.learning_rate) == pytest.approx(1e-3, rel=1e-6)
+    with pytest.raises(ValueError, match="lr_schedule.*Received: lr_schedule='linear'"):
+        TrainConfig(lr_schedule="linear")
 
 
 def test_init_weights_starts_a_diffeomorphic_run_from_a_plain_model(tmp_path):

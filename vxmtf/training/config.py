@@ -13,6 +13,11 @@ from vxmtf.data.pipeline import MODES
 from vxmtf.data.preprocess import PreprocessConfig
 
 IMAGE_LOSSES = ("ncc", "mse")
+# Learning-rate schedules: "constant" (VoxelMorph's), or "cosine": a half cosine from `lr` at the
+# first step to COSINE_FINAL_FRACTION * lr at the run's last (epochs * steps_per_epoch; Loshchilov
+# and Hutter, SGDR, ICLR 2017, without restarts), constant after it.
+LR_SCHEDULES = ("constant", "cosine")
+COSINE_FINAL_FRACTION = 0.01
 # Regularisation weights of the VoxelMorph papers (Balakrishnan et al., TMI 2019, Sec. IV-D):
 # lambda = 1 with NCC, 0.01 with MSE (intensities in [0, 1]).
 DEFAULT_LAMBDA = {"ncc": 1.0, "mse": 0.01}
@@ -122,6 +127,7 @@ class TrainConfig:
     steps_per_epoch: int | None = None
     batch_size: int = 1
     lr: float | None = None
+    lr_schedule: str = "constant"
     seed: int = 0
     mixed_precision: bool = False
     xla: bool = False
@@ -140,6 +146,11 @@ class TrainConfig:
             raise ValueError(
                 f"`image_loss` must be one of {IMAGE_LOSSES}. "
                 f"Received: image_loss={self.image_loss!r}"
+            )
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"`lr_schedule` must be one of {LR_SCHEDULES}. "
+                f"Received: lr_schedule={self.lr_schedule!r}"
             )
         if self.reg_weight is None:
             self.reg_weight = DEFAULT_LAMBDA[self.image_loss]

@@ -25,7 +25,7 @@ from vxmtf.training.checkpoint import (
     check_finite_weights,
     non_finite_weights,
 )
-from vxmtf.training.config import RunConfig
+from vxmtf.training.config import COSINE_FINAL_FRACTION, RunConfig, TrainConfig
 from vxmtf.training.data import TrainingData
 from vxmtf.training.images import RegistrationImages
 from vxmtf.training.run_folder import RunFolder
@@ -233,6 +233,25 @@ def load_initial_weights(model: VxmDense, path) -> None:
     logger.info("Initial weights from %s", path)
 
 
+def learning_rate(config: TrainConfig):
+    """Adam's learning rate for a run: the number `lr`, or with `lr_schedule="cosine"` a
+    schedule of the optimizer step ``t``,
+    ``lr * (f + (1 - f) * (1 + cos(pi * min(t, T) / T)) / 2)`` with ``T = epochs *
+    steps_per_epoch`` (the run's last step) and ``f = COSINE_FINAL_FRACTION``.
+
+    The step is the optimizer's, saved with the resumable state, so a resumed run continues the
+    same curve (a resumed run given more `epochs` stretches it: the rate jumps up to where the
+    longer curve is at that step).
+    """
+    if config.lr_schedule == "constant":
+        return config.lr
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=config.lr,
+        decay_steps=config.epochs * config.steps_per_epoch,
+        alpha=COSINE_FINAL_FRACTION,
+    )
+
+
 @dataclass
 class TrainingModel:
     """What `build_training_model` builds.
@@ -252,9 +271,10 @@ class TrainingModel:
     config: RunConfig
 
     def compile(self) -> keras.Model:
-        """Compiles `trainer` with Adam at the run's learning rate (and XLA if set)."""
+        """Compiles `trainer` with Adam at the run's learning rate or schedule
+        (`learning_rate`), and XLA if set."""
         self.trainer.compile(
-            optimizer=keras.optimizers.Adam(self.config.train.lr),
+            optimizer=keras.optimizers.Adam(learning_rate(self.config.train)),
             loss=self.losses,
             loss_weights=self.loss_weights,
             jit_compile=self.config.train.xla,
