@@ -47,8 +47,8 @@ def test_shipped_model_loads_with_its_preprocessing(model):
     registrator = Registrator(model)
     assert registrator.config_path == model.with_suffix(".config.json")
     assert (registrator.downsample, registrator.normalize) == (2, "minmax")
-    # Only the semi-supervised model was trained with the Dice term.
-    assert (registrator.config.train.seg_weight > 0) == (model == SEG_MODEL)
+    expected_seg_weight = 2.0 if model == SEG_MODEL else 0.0  # the model card's commands
+    assert registrator.config.train.seg_weight == expected_seg_weight
     import keras
 
     assert isinstance(keras.models.load_model(model, compile=False), VxmDense)

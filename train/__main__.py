@@ -16,7 +16,13 @@ import vxmtf_cli as cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from vxmtf.training.config import LR_SCHEDULES, DataConfig, ModelConfig, TrainConfig
+    from vxmtf.training.config import (
+        COSINE_FINAL_FRACTION,
+        LR_SCHEDULES,
+        DataConfig,
+        ModelConfig,
+        TrainConfig,
+    )
 
     d, m, t = DataConfig(), ModelConfig(), TrainConfig()
     p = argparse.ArgumentParser(
@@ -140,8 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--lr-schedule",
         choices=LR_SCHEDULES,
         default=t.lr_schedule,
-        help="constant, or cosine: a half cosine from --lr down to --lr / 100 at the run's "
-        "last step (epochs x steps per epoch)",
+        help=f"constant, or cosine: a half cosine from --lr down to --lr x "
+        f"{COSINE_FINAL_FRACTION:g} at the run's last step (epochs x steps per epoch)",
     )
     g.add_argument(
         "--seed", type=int, default=t.seed, help="seed of pair sampling and initial weights"

@@ -44,6 +44,7 @@ import numpy as np
 import tensorflow as tf
 from scipy import ndimage
 
+from vxmtf.checks import check_choice
 from vxmtf.ops import resample
 
 logger = logging.getLogger(__name__)
@@ -195,9 +196,9 @@ def register_affine(
     ndim = fixed.ndim
     moving_affine = _check_affine(moving_affine, ndim, f"{moving_name} affine")
     fixed_affine = _check_affine(fixed_affine, ndim, f"{fixed_name} affine")
-    _check_choice(transform, TRANSFORMS, "transform")
-    _check_choice(metric, METRICS, "metric")
-    _check_choice(init, INITS, "init")
+    check_choice("transform", transform, TRANSFORMS)
+    check_choice("metric", metric, METRICS)
+    check_choice("init", init, INITS)
     levels, iterations = _check_schedule(levels, iterations)
     _check_positive(learning_rate, "learning_rate")
     if not isinstance(max_points, (int, np.integer)) or max_points < 16:
@@ -806,11 +807,6 @@ def _check_affine(affine, ndim, name, allow_reduce=True):
             f"{name} must be invertible. Received: determinant={det:.3g}, {name}=\n{array}"
         )
     return array
-
-
-def _check_choice(value, choices, name):
-    if value not in choices:
-        raise ValueError(f"`{name}` must be one of {choices}. Received: {name}={value!r}")
 
 
 def _check_positive(value, name):

@@ -83,6 +83,13 @@ def check_positive(name, value, *, unit=None, optional=False, hint=None):
     return float(value)
 
 
+def check_choice(name, value, choices):
+    """`value` if it is one of `choices`, else a ValueError in the house message."""
+    if value not in choices:
+        raise ValueError(_message(name, value, f"one of {tuple(choices)}", False, None))
+    return value
+
+
 def _message(name, value, expected, optional, hint):
     """The house message: `name` must be [None or ]expected[ (hint)]. Received: name=value."""
     expected = f"None or {expected}" if optional else expected

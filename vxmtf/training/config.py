@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vxmtf.atomic import atomic_write_text
+from vxmtf.checks import check_choice
 from vxmtf.data.pipeline import MODES
 from vxmtf.data.preprocess import PreprocessConfig
 
@@ -57,8 +58,7 @@ class DataConfig:
         self.synthetic_shape = tuple(int(s) for s in self.synthetic_shape)
         if self.mode is None:
             self.mode = data_defaults(self.data)["mode"]
-        if self.mode not in MODES:
-            raise ValueError(f"`mode` must be one of {MODES}. Received: mode={self.mode!r}")
+        check_choice("mode", self.mode, MODES)
         if len(self.synthetic_shape) not in (2, 3):
             raise ValueError(
                 "`synthetic_shape` must give 2 or 3 sizes. "
@@ -142,16 +142,8 @@ class TrainConfig:
     init_weights: str | None = None  # a trained `.keras` VxmDense to start from (fine-tuning)
 
     def __post_init__(self):
-        if self.image_loss not in IMAGE_LOSSES:
-            raise ValueError(
-                f"`image_loss` must be one of {IMAGE_LOSSES}. "
-                f"Received: image_loss={self.image_loss!r}"
-            )
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(
-                f"`lr_schedule` must be one of {LR_SCHEDULES}. "
-                f"Received: lr_schedule={self.lr_schedule!r}"
-            )
+        check_choice("image_loss", self.image_loss, IMAGE_LOSSES)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         if self.reg_weight is None:
             self.reg_weight = DEFAULT_LAMBDA[self.image_loss]
         for name in ("epochs", "steps_per_epoch", "batch_size"):
