@@ -18,7 +18,7 @@ mistake (a flag passed in the wrong position), so the integer and number checks 
 import math
 import numbers
 
-__all__ = ["check_bool", "check_int", "check_positive", "is_int"]
+__all__ = ["check_bool", "check_choice", "check_int", "check_positive", "is_int"]
 
 
 def is_int(value):

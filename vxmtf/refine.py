@@ -34,7 +34,7 @@ import numbers
 import numpy as np
 import tensorflow as tf
 
-from vxmtf.checks import check_int, check_positive
+from vxmtf.checks import check_choice, check_int, check_positive
 from vxmtf.losses.grad import grad_penalty
 from vxmtf.losses.mse import mean_squared_error
 from vxmtf.losses.ncc import mean_local_ncc
@@ -407,10 +407,7 @@ def _check_shapes(moving, fixed, field):
 
 
 def _check_objective(image_loss, ncc_window, reg_weight, grad_mult):
-    if image_loss not in IMAGE_LOSSES:
-        raise ValueError(
-            f"`image_loss` must be one of {IMAGE_LOSSES}. Received: image_loss={image_loss!r}"
-        )
+    check_choice("image_loss", image_loss, IMAGE_LOSSES)
     _check_window(ncc_window, "ncc_window")
     _check_weight(reg_weight, "reg_weight")
     check_positive("grad_mult", grad_mult)

@@ -3,6 +3,7 @@
 import keras
 import tensorflow as tf
 
+from vxmtf.checks import check_choice
 from vxmtf.ops.resample import INTERPOLATIONS, warp
 
 
@@ -32,11 +33,7 @@ class SpatialTransformer(keras.layers.Layer):
 
     def __init__(self, interpolation="linear", fill_value=None, **kwargs):
         super().__init__(autocast=False, **kwargs)
-        if interpolation not in INTERPOLATIONS:
-            raise ValueError(
-                f"`interpolation` must be one of {INTERPOLATIONS}. "
-                f"Received: interpolation={interpolation!r}"
-            )
+        check_choice("interpolation", interpolation, INTERPOLATIONS)
         if fill_value is not None and not isinstance(fill_value, (int, float)):
             raise ValueError(
                 f"`fill_value` must be None or a number. Received: fill_value={fill_value!r}"

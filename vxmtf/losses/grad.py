@@ -3,7 +3,7 @@
 import keras
 import tensorflow as tf
 
-from vxmtf.checks import check_positive
+from vxmtf.checks import check_choice, check_positive
 from vxmtf.losses.utils import check_spatial_rank, loss_float
 
 __all__ = ["PENALTIES", "Grad", "grad_penalty"]
@@ -34,7 +34,7 @@ def grad_penalty(field, penalty="l1"):
     Raises:
         ValueError: unknown ``penalty``, rank other than 4 or 5, or a spatial size below 2.
     """
-    _check_penalty(penalty)
+    check_choice("penalty", penalty, PENALTIES)
     (field,) = loss_float(field)
     check_spatial_rank(field, "field")
     rank = field.shape.rank
@@ -89,7 +89,7 @@ class Grad(keras.losses.Loss):
 
     def __init__(self, penalty="l1", loss_mult=None, name="grad", **kwargs):
         super().__init__(name=name, **kwargs)
-        _check_penalty(penalty)
+        check_choice("penalty", penalty, PENALTIES)
         self.penalty = penalty
         self.loss_mult = check_positive("loss_mult", loss_mult, optional=True)
 
@@ -104,8 +104,3 @@ class Grad(keras.losses.Loss):
         config = super().get_config()
         config.update({"penalty": self.penalty, "loss_mult": self.loss_mult})
         return config
-
-
-def _check_penalty(penalty):
-    if penalty not in PENALTIES:
-        raise ValueError(f"`penalty` must be one of {PENALTIES}. Received: penalty={penalty!r}")

@@ -28,7 +28,7 @@ import logging
 
 import tensorflow as tf
 
-from vxmtf.checks import is_int
+from vxmtf.checks import check_choice, is_int
 
 __all__ = ["box_sum", "normalize_window"]
 
@@ -69,8 +69,7 @@ def box_sum(x, window, method="auto"):
             f"Received: x.shape={x.shape}"
         )
     windows = normalize_window(window, rank - 2)
-    if method not in _METHODS:
-        raise ValueError(f"`method` must be one of {_METHODS}. Received: method={method!r}")
+    check_choice("method", method, _METHODS)
     if method == "auto":
         method = "shift" if _in_xla_context() else "conv"
     impl = _box_sum_shift if method == "shift" else _box_sum_conv

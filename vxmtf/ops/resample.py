@@ -12,6 +12,7 @@ import itertools
 
 import tensorflow as tf
 
+from vxmtf.checks import check_choice
 from vxmtf.ops.grid import identity_grid
 
 INTERPOLATIONS = ("linear", "nearest")
@@ -20,14 +21,6 @@ INTERPOLATIONS = ("linear", "nearest")
 WARP_BYTES_PER_VOXEL = 128
 #: Temporaries of one chunk of a warp by rows (`warp(..., rows=warp_rows(shape))`).
 WARP_CHUNK_BYTES = 128 * 2**20
-
-
-def _check_interpolation(interpolation):
-    if interpolation not in INTERPOLATIONS:
-        raise ValueError(
-            f"`interpolation` must be one of {INTERPOLATIONS}. "
-            f"Received: interpolation={interpolation!r}"
-        )
 
 
 def resample(image, coords, interpolation="linear", fill_value=None):
@@ -59,7 +52,7 @@ def resample(image, coords, interpolation="linear", fill_value=None):
     Returns:
         `(batch, *out_spatial, channels)`, of the image's dtype.
     """
-    _check_interpolation(interpolation)
+    check_choice("interpolation", interpolation, INTERPOLATIONS)
     image = tf.convert_to_tensor(image)
     coords = tf.convert_to_tensor(coords)
     compute = coordinate_dtype(coords.dtype)
