@@ -16,15 +16,23 @@ import vxmtf_cli as cli
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from vxmtf.data.synthetic import DEFORMATION_FRACTION, SMOOTHNESS_FRACTION
     from vxmtf.training.config import (
         COSINE_FINAL_FRACTION,
+        FILE_DEFAULTS,
         LR_SCHEDULES,
+        SYNTHETIC_DEFAULTS,
         DataConfig,
         ModelConfig,
         TrainConfig,
     )
 
     d, m, t = DataConfig(), ModelConfig(), TrainConfig()
+    syn, files = SYNTHETIC_DEFAULTS, FILE_DEFAULTS
+
+    def by_data(name):  # "X on the built-in synthetic data, Y with --data"
+        return f"{syn[name]:g} on the built-in synthetic data, {files[name]:g} with --data"
+
     p = argparse.ArgumentParser(
         prog="python -m train",
         description="Train a VoxelMorph registration model (unsupervised; optionally "
@@ -58,6 +66,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=list(d.synthetic_shape),
         metavar="N",
         help="D H W (or H W for 2D) of the synthetic data",
+    )
+    g.add_argument(
+        "--synthetic-deformation",
+        type=cli.non_negative_float,
+        default=None,
+        metavar="VOXELS",
+        help="standard deviation of the synthetic displacement between moving and fixed "
+        f"(default: {DEFORMATION_FRACTION:g} x the smallest size)",
+    )
+    g.add_argument(
+        "--synthetic-smoothness",
+        type=cli.positive_float,
+        default=None,
+        metavar="VOXELS",
+        help="correlation length of the synthetic displacements (default: "
+        f"{SMOOTHNESS_FRACTION:g} x the smallest size)",
     )
     g.add_argument(
         "--downsample",
@@ -117,7 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
         dest="reg_weight",
         type=cli.non_negative_float,
         default=None,
-        help="smoothness weight (default: 1.0 for ncc, 0.01 for mse, as in the paper)",
+        help="smoothness weight (default: with --data the papers', "
+        + ", ".join(f"{k} {v:g}" for k, v in files["reg_weight"].items())
+        + "; on the built-in synthetic data "
+        + ", ".join(f"{k} {v:g}" for k, v in syn["reg_weight"].items())
+        + ")",
     )
     g.add_argument(
         "--seg-weight",
@@ -132,22 +160,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps-per-epoch",
         type=int,
         default=None,
-        help="(default: 150 on the built-in synthetic data, 50 with --data)",
+        help=f"(default: {by_data('steps_per_epoch')})",
     )
     g.add_argument("--batch-size", type=int, default=t.batch_size, help="per replica")
     g.add_argument(
         "--lr",
         type=cli.positive_float,
         default=None,
-        help="Adam learning rate, finite and > 0 (default: 1e-3 on the built-in synthetic data, "
-        "1e-4 with --data)",
+        help=f"Adam learning rate, finite and > 0 (default: {by_data('lr')})",
     )
     g.add_argument(
         "--lr-schedule",
         choices=LR_SCHEDULES,
-        default=t.lr_schedule,
+        default=None,
         help=f"constant, or cosine: a half cosine from --lr down to --lr x "
-        f"{COSINE_FINAL_FRACTION:g} at the run's last step (epochs x steps per epoch)",
+        f"{COSINE_FINAL_FRACTION:g} at the run's last step (epochs x steps per epoch) (default: "
+        f"{syn['lr_schedule']} on the built-in synthetic data, {files['lr_schedule']} with --data)",
     )
     g.add_argument(
         "--seed", type=int, default=t.seed, help="seed of pair sampling and initial weights"
@@ -216,6 +244,8 @@ def config_from_args(args):
             atlas=args.atlas,
             mode=args.mode,
             synthetic_shape=tuple(args.synthetic_shape),
+            synthetic_deformation=args.synthetic_deformation,
+            synthetic_smoothness=args.synthetic_smoothness,
             downsample=args.downsample,
             normalize=args.normalize,
             cache=args.cache,

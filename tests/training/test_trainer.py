@@ -100,11 +100,40 @@ def test_cosine_schedule_falls_from_lr_to_a_hundredth_over_the_run(tmp_path):
         t = min(step, total) / total
         expected = 1e-3 * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * t)))
         assert float(optimizer.learning_rate) == pytest.approx(expected, rel=1e-5), step
-    constant = build_training_model(tiny_config(tmp_path / "c"), (32, 32)).compile().optimizer
+    constant_config = tiny_config(tmp_path / "c", lr_schedule="constant")
+    constant = build_training_model(constant_config, (32, 32)).compile().optimizer
     constant.iterations.assign(15)
     assert float(constant.learning_rate) == pytest.approx(1e-3, rel=1e-6)
     with pytest.raises(ValueError, match="lr_schedule.*Received: lr_schedule='linear'"):
         TrainConfig(lr_schedule="linear")
+
+
+def test_defaults_depend_on_the_data_and_yield_to_explicit_values():
+    # Files: VoxelMorph's recipe (Balakrishnan et al., TMI 2019: Adam 1e-4, lambda 1 with NCC,
+    # 0.01 with MSE). The synthetic data: the first run's tuned recipe.
+    files = RunConfig(data=DataConfig(data="d.json")).train
+    assert (files.lr, files.lr_schedule, files.steps_per_epoch) == (1e-4, "constant", 50)
+    assert files.reg_weight == 1.0
+    mse = RunConfig(data=DataConfig(data="d.json"), train=TrainConfig(image_loss="mse")).train
+    assert mse.reg_weight == 0.01
+    synthetic = RunConfig().train
+    assert (synthetic.lr, synthetic.lr_schedule, synthetic.steps_per_epoch) == (2e-3, "cosine", 300)
+    assert synthetic.reg_weight == 0.3
+    assert RunConfig(train=TrainConfig(image_loss="mse")).train.reg_weight == 0.01
+    explicit = TrainConfig(lr=5e-4, lr_schedule="constant", steps_per_epoch=7, reg_weight=2.0)
+    chosen = RunConfig(train=explicit).train
+    assert (chosen.lr, chosen.lr_schedule, chosen.steps_per_epoch) == (5e-4, "constant", 7)
+    assert chosen.reg_weight == 2.0
+    assert RunConfig(train=TrainConfig(reg_weight=0.0)).train.reg_weight == 0.0  # not "unset"
+
+
+def test_a_run_saved_before_lr_schedule_existed_resumes_at_a_constant_rate(tmp_path):
+    saved = RunConfig().to_dict()
+    del saved["train"]["lr_schedule"]  # the config.json of a run from before the option
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert RunConfig.load(tmp_path / "config.json").train.lr_schedule == "constant"
+    RunConfig().save(tmp_path / "new.json")  # today's synthetic default is saved and kept
+    assert RunConfig.load(tmp_path / "new.json").train.lr_schedule == "cosine"
 
 
 def test_init_weights_starts_a_diffeomorphic_run_from_a_plain_model(tmp_path):

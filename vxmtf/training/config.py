@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vxmtf.atomic import atomic_write_text
-from vxmtf.checks import check_choice
+from vxmtf.checks import check_choice, check_positive
 from vxmtf.data.pipeline import MODES
 from vxmtf.data.preprocess import PreprocessConfig
 
@@ -22,16 +22,32 @@ COSINE_FINAL_FRACTION = 0.01
 # Regularisation weights of the VoxelMorph papers (Balakrishnan et al., TMI 2019, Sec. IV-D):
 # lambda = 1 with NCC, 0.01 with MSE (intensities in [0, 1]).
 DEFAULT_LAMBDA = {"ncc": 1.0, "mse": 0.01}
-# Defaults that depend on the data (fields left None): the built-in synthetic data trains the
-# CVPR 2018 scan-to-atlas setting at a 10x learning rate for 1,500 steps, which the default
-# network learns in the first run's few minutes on a CPU (README, "Quickstart"); files train
-# scan-to-scan at VoxelMorph's learning rate of 1e-4.
-SYNTHETIC_DEFAULTS = {"mode": "atlas", "lr": 1e-3, "steps_per_epoch": 150}
-FILE_DEFAULTS = {"mode": "pairs", "lr": 1e-4, "steps_per_epoch": 50}
+# Defaults that depend on the data (fields left None). Files: VoxelMorph's recipe, scan-to-scan
+# at a constant learning rate of 1e-4 with the papers' lambda. The built-in synthetic data: the
+# CVPR 2018 scan-to-atlas setting, tuned for the first run's few minutes on a CPU (README,
+# "Quickstart"): 3,000 steps at a 20x learning rate decayed by a half cosine, and a weaker
+# smoothness term with NCC (0.3). With the smoother synthetic deformations of the same change,
+# Dice after registration went from 0.627 to about 0.75 (benchmarks/RESULTS.md, "The first
+# run"; `python -m benchmarks.first_run`).
+SYNTHETIC_DEFAULTS = {
+    "mode": "atlas",
+    "lr": 2e-3,
+    "lr_schedule": "cosine",
+    "steps_per_epoch": 300,
+    "reg_weight": {"ncc": 0.3, "mse": DEFAULT_LAMBDA["mse"]},
+}
+FILE_DEFAULTS = {
+    "mode": "pairs",
+    "lr": 1e-4,
+    "lr_schedule": "constant",
+    "steps_per_epoch": 50,
+    "reg_weight": DEFAULT_LAMBDA,
+}
 
 
 def data_defaults(data) -> dict:
-    """The data-dependent defaults (`mode`, `lr`, `steps_per_epoch`) for `DataConfig.data`."""
+    """The data-dependent defaults for `DataConfig.data`: `mode`, `lr`, `lr_schedule`,
+    `steps_per_epoch` and `reg_weight` (a dict by image loss)."""
     return SYNTHETIC_DEFAULTS if data is None else FILE_DEFAULTS
 
 
@@ -49,6 +65,10 @@ class DataConfig:
     mode: str | None = None
     synthetic_shape: tuple[int, ...] = (32, 32, 32)
     synthetic_labels: int = 12
+    # Displacement std and correlation length of the synthetic pairs, in voxels (None: the
+    # generator's defaults, 0.044 * and 1/2 of the smallest size; `vxmtf.data.SyntheticPairs`).
+    synthetic_deformation: float | None = None
+    synthetic_smoothness: float | None = None
     downsample: int = 1
     normalize: str = "minmax"
     cache: bool = False
@@ -64,6 +84,16 @@ class DataConfig:
                 "`synthetic_shape` must give 2 or 3 sizes. "
                 f"Received: synthetic_shape={self.synthetic_shape}"
             )
+        if self.synthetic_deformation is not None and not (
+            math.isfinite(self.synthetic_deformation) and self.synthetic_deformation >= 0
+        ):
+            raise ValueError(
+                "`synthetic_deformation` must be None or a finite number >= 0 (voxels). "
+                f"Received: synthetic_deformation={self.synthetic_deformation}"
+            )
+        check_positive(
+            "synthetic_smoothness", self.synthetic_smoothness, unit="voxels", optional=True
+        )
         if self.downsample < 1:
             raise ValueError(f"`downsample` must be >= 1. Received: downsample={self.downsample}")
 
@@ -114,20 +144,22 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation, losses, run-time switches and outputs.
 
-    `lr=None` and `steps_per_epoch=None` take the data's defaults when the `RunConfig` is made
-    (`data_defaults`: 1e-3 and 150 for the synthetic data, 1e-4 and 50 for files).
+    `lr`, `lr_schedule`, `steps_per_epoch` and `reg_weight` left None take the data's defaults
+    when the `RunConfig` is made (`data_defaults`: for files 1e-4, constant, 50 and the papers'
+    lambda, 1 with NCC and 0.01 with MSE; for the synthetic data 2e-3, cosine, 300 and 0.3 with
+    NCC).
     """
 
     model_dir: str = "runs/vxm"
     image_loss: str = "ncc"
     ncc_window: int = 9
-    reg_weight: float | None = None  # --lambda; None = DEFAULT_LAMBDA[image_loss]
+    reg_weight: float | None = None  # --lambda; None = the data's default (`data_defaults`)
     seg_weight: float = 0.0
     epochs: int = 10
     steps_per_epoch: int | None = None
     batch_size: int = 1
     lr: float | None = None
-    lr_schedule: str = "constant"
+    lr_schedule: str | None = None
     seed: int = 0
     mixed_precision: bool = False
     xla: bool = False
@@ -143,16 +175,16 @@ class TrainConfig:
 
     def __post_init__(self):
         check_choice("image_loss", self.image_loss, IMAGE_LOSSES)
-        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        if self.reg_weight is None:
-            self.reg_weight = DEFAULT_LAMBDA[self.image_loss]
+        if self.lr_schedule is not None:
+            check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         for name in ("epochs", "steps_per_epoch", "batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"`{name}` must be >= 1. Received: {name}={value}")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"`lr` must be a finite number > 0. Received: lr={self.lr}")
-        if not all(math.isfinite(w) and w >= 0 for w in (self.seg_weight, self.reg_weight)):
+        weights = (self.seg_weight, 0.0 if self.reg_weight is None else self.reg_weight)
+        if not all(math.isfinite(w) and w >= 0 for w in weights):
             raise ValueError(
                 "Loss weights must be finite numbers >= 0. "
                 f"Received: reg_weight={self.reg_weight}, seg_weight={self.seg_weight}"
@@ -174,9 +206,11 @@ class RunConfig:
 
     def __post_init__(self):
         defaults = data_defaults(self.data.data)
-        for name in ("lr", "steps_per_epoch"):
+        for name in ("lr", "lr_schedule", "steps_per_epoch"):
             if getattr(self.train, name) is None:
                 setattr(self.train, name, defaults[name])
+        if self.train.reg_weight is None:
+            self.train.reg_weight = defaults["reg_weight"][self.train.image_loss]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -188,10 +222,14 @@ class RunConfig:
             raise ValueError(
                 f"Unknown sections in a run config: {sorted(unknown)}; expected data, model, train."
             )
+        train = dict(values.get("train", {}))
+        # Runs saved before `lr_schedule` existed trained at a constant rate; a resumed one must
+        # keep it rather than take today's default.
+        train.setdefault("lr_schedule", "constant")
         return cls(
             data=DataConfig(**values.get("data", {})),
             model=ModelConfig(**values.get("model", {})),
-            train=TrainConfig(**values.get("train", {})),
+            train=TrainConfig(**train),
         )
 
     def preprocess(self) -> PreprocessConfig:

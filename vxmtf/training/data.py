@@ -28,6 +28,8 @@ def synthetic_source(config, shape=None, num_val=None) -> SyntheticPairs:
         num_labels=data.synthetic_labels,
         seed=config.train.seed,
         num_val=data.val_pairs if num_val is None else num_val,
+        deformation=data.synthetic_deformation,
+        smoothness=data.synthetic_smoothness,
     )
 
 
