@@ -36,15 +36,28 @@ def test_conv_flops_matches_a_hand_count(ndim):
         "final_conv_0": _conv(k, 8, 2, v),
         "flow": _conv(k, 2, ndim, v),
     }
-    total, per_layer = conv_flops(model)
+    total, per_layer = conv_flops(model, decoder="explicit")
     assert per_layer == expected
     assert total == (110592 if ndim == 3 else 9216)  # the same sums, written out
-    assert conv_flops(model, batch=2)[0] == 2 * total
+    assert conv_flops(model, batch=2, decoder="explicit")[0] == 2 * total
+    # As the model runs it (the transposed decoder, its default): final_conv_0's 4 upsampled
+    # channels as a stride-2 transposed convolution, 4^ndim taps at each of the 2^ndim coarse
+    # voxels; its 4 skip channels as a 3^ndim convolution at 4^ndim.
+    assert model.get_layer("unet").transposed_decoder is True
+    transposed = dict(expected, final_conv_0=2 * 2 * (4**ndim * 4 * 2**ndim + k * 4 * v))
+    assert conv_flops(model)[1] == transposed
+    assert conv_flops(model, decoder="transposed")[1] == transposed
+    explicit_model = VxmDense(
+        (4,) * ndim, enc_features=(4,), dec_features=(4, 2), int_steps=0, transposed_decoder=False
+    )
+    assert conv_flops(explicit_model)[1] == expected
+    with pytest.raises(ValueError, match="decoder.*Received: decoder='fast'"):
+        conv_flops(model, decoder="fast")
 
 
 def test_conv_flops_of_the_default_network_is_about_5_gflop_per_32_cube():
     # Dominated by the full-resolution decoder: 48->32, 32->16, 16->16 and the flow head.
-    total, per_layer = conv_flops(VxmDense((32, 32, 32), int_steps=7))
+    total, per_layer = conv_flops(VxmDense((32, 32, 32), int_steps=7), decoder="explicit")
     assert len(per_layer) == 12
     full = 32**3 * 2 * 27 * (48 * 32 + 32 * 16 + 16 * 16 + 16 * 3)
     assert full < total < 1.2 * full
