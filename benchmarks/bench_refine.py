@@ -337,6 +337,9 @@ class PairRunner:
 
 
 def main(argv=None) -> int:
+    import vxmtf_cli
+
+    vxmtf_cli.start([])  # environment and a quiet TensorFlow import, when run as a program
     args = build_parser().parse_args(argv)
     names = [n.strip() for n in args.settings.split(",") if n.strip()]
     unknown = [n for n in names if n not in SETTINGS]

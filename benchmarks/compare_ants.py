@@ -255,7 +255,7 @@ def build_parser():
 def main(argv=None) -> int:
     import vxmtf_cli
 
-    vxmtf_cli.prepare_environment()  # before TensorFlow's import, when run as a program
+    vxmtf_cli.start([])  # environment and a quiet TensorFlow import, when run as a program
     args = build_parser().parse_args(argv)
     methods = {}
     for item in args.method:

@@ -157,8 +157,11 @@ def results_table(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
+    import vxmtf_cli
+
     args = build_parser().parse_args(argv)
     if args.oracle:
+        vxmtf_cli.start([])  # a quiet TensorFlow import (the scoring imports it)
         for label, values in (
             ("default", oracle()),
             ("previous", oracle(deformation=1.792, smoothness=8.0)),
