@@ -10,6 +10,11 @@ Case names (see `parse_case`):
                                (tiled, the export's default; +untiled: the whole network)
     servecost-160x192x224-int7 tiled and whole serving timed alternately in one process
     breakdown-80x96x112-int7   a training step timed part by part
+    officialtrain-80x96x112-int7
+                               the official VoxelMorph TF code's training step (tf-keras;
+                               `benchmarks.official`)
+    officialpredict-160x192x224-int7
+                               the official code's `predict_on_batch` of one pair
     pipeline-ds2               the tf.data pipeline on LPBA40, downsampled 2x
     peak                       the machine's float32 matmul and Conv3D throughput
 
@@ -27,12 +32,15 @@ vxmtf_cli.prepare_environment()
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import resource  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 KINDS = ("train", "register", "serve", "servecost", "tilecost", "breakdown", "pipeline", "peak")
+OFFICIAL_KINDS = ("officialtrain", "officialpredict")  # run on tf-keras (benchmarks.official)
+SHAPED_KINDS = KINDS[:6] + OFFICIAL_KINDS
 FLAGS = ("xla", "bf16", "untiled")
 #: The flags each kind accepts.
 KIND_FLAGS = {
@@ -60,7 +68,7 @@ def parse_case(name):
     kind = parts[0]
     spec = {"name": name, "kind": kind}
     try:
-        if kind in ("train", "register", "serve", "servecost", "tilecost", "breakdown"):
+        if kind in SHAPED_KINDS:
             _, shape, steps = parts
             if not steps.startswith("int") or set(flags) - set(KIND_FLAGS.get(kind, ())):
                 raise ValueError
@@ -79,7 +87,8 @@ def parse_case(name):
             "Expected a case name like train-80x96x112-int7[+xla][+bf16], "
             "register-160x192x224-int0[+untiled], serve-160x192x224-int7[+untiled], "
             "servecost-160x192x224-int7, tilecost-160x192x224-int0, "
-            "breakdown-80x96x112-int7[+xla][+bf16], pipeline-ds2 or peak. "
+            "breakdown-80x96x112-int7[+xla][+bf16], officialtrain-80x96x112-int7, "
+            "officialpredict-160x192x224-int7, pipeline-ds2 or peak. "
             f"Received: {name!r}"
         ) from None
     return spec
@@ -92,13 +101,21 @@ def peak_memory_gb():
 
 def run_case(spec, repeats, warmup, quick=False, dataset=DEFAULT_DATASET):
     """Run the workload `spec` names (`parse_case`) and return its result dict."""
+    kind = spec["kind"]
+    if kind in OFFICIAL_KINDS:  # Keras 2 (tf-keras); nothing of Keras 3 is imported
+        from benchmarks import official
+
+        workload = {
+            "officialtrain": official.official_train_workload,
+            "officialpredict": official.official_predict_workload,
+        }[kind]
+        return workload(spec["shape"], spec["int_steps"], repeats, warmup)
     import keras
 
     from benchmarks import workloads
 
     if spec.get("bf16"):
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    kind = spec["kind"]
     if kind == "train":
         return workloads.train_workload(
             spec["shape"], spec["int_steps"], repeats, warmup, xla=spec["xla"]
@@ -139,6 +156,8 @@ def main(argv=None):
     parser.add_argument("--json", required=True, help="where to write the result")
     args = parser.parse_args(argv)
     spec = parse_case(args.name)
+    if spec["kind"] in OFFICIAL_KINDS:
+        os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before TensorFlow's import: tf.keras = Keras 2
     start = time.perf_counter()
     result = run_case(spec, args.repeats, args.warmup, args.quick, args.dataset)
     result.update(

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks.flops import TRAIN_FACTOR, conv_flops
+from benchmarks.timing import random_arrays, time_calls
 from vxmtf.networks import VxmDense, default_slab
 from vxmtf.registration import Registrator
 from vxmtf.training.config import DataConfig, ModelConfig, RunConfig, TrainConfig
@@ -40,33 +41,10 @@ __all__ = [
 ]
 
 
-def time_calls(fn, repeats, warmup):
-    """Run `fn()` `warmup` times untimed, then `repeats` times timed.
-
-    Returns:
-        `{"median", "min", "max"}` seconds and `"times"`, the list of timed seconds.
-    """
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return {
-        "median": statistics.median(times),
-        "min": min(times),
-        "max": max(times),
-        "times": times,
-    }
-
-
 def random_pair(shape, seed=0):
     """A `(moving, fixed)` pair of `(1, *shape, 1)` float32 tensors in [0, 1]."""
-    rng = np.random.default_rng(seed)
-    fixed = rng.uniform(size=(1, *shape, 1)).astype(np.float32)
-    moving = np.roll(fixed, 2, axis=1) * 0.9 + 0.1 * rng.uniform(size=fixed.shape)
-    return tf.constant(moving.astype(np.float32)), tf.constant(fixed)
+    moving, fixed = random_arrays(shape, seed)
+    return tf.constant(moving[None, ..., None]), tf.constant(fixed[None, ..., None])
 
 
 def build_trainer(shape, int_steps, xla=False):
