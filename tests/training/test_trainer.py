@@ -136,6 +136,24 @@ def test_a_run_saved_before_lr_schedule_existed_resumes_at_a_constant_rate(tmp_p
     assert RunConfig.load(tmp_path / "new.json").train.lr_schedule == "cosine"
 
 
+def test_a_synthetic_run_saved_before_the_deformation_options_keeps_its_data(tmp_path):
+    from vxmtf.training.data import synthetic_source
+
+    saved = RunConfig(data=DataConfig(synthetic_shape=(40, 32, 48))).to_dict()
+    del saved["data"]["synthetic_deformation"], saved["data"]["synthetic_smoothness"]
+    (tmp_path / "old.json").write_text(json.dumps(saved))
+    old = synthetic_source(RunConfig.load(tmp_path / "old.json"))
+    # The generator's defaults of then: 0.056 and 1/4 of the smallest size (32).
+    assert old.deformation == pytest.approx(1.792) and old.smoothness == pytest.approx(8.0)
+    RunConfig(data=DataConfig(synthetic_shape=(40, 32, 48))).save(tmp_path / "new.json")
+    new = synthetic_source(RunConfig.load(tmp_path / "new.json"))
+    assert new.deformation == pytest.approx(0.044 * 32) and new.smoothness == pytest.approx(16.0)
+    files = RunConfig(data=DataConfig(data="d.json")).to_dict()
+    del files["data"]["synthetic_deformation"]
+    (tmp_path / "files.json").write_text(json.dumps(files))
+    assert RunConfig.load(tmp_path / "files.json").data.synthetic_deformation is None
+
+
 def test_init_weights_starts_a_diffeomorphic_run_from_a_plain_model(tmp_path):
     plain = tiny_config(tmp_path / "plain", epochs=1, export=False)
     plain.model = ModelConfig(**{**TINY.__dict__, "int_steps": 0})

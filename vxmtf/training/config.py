@@ -36,6 +36,9 @@ SYNTHETIC_DEFAULTS = {
     "steps_per_epoch": 300,
     "reg_weight": {"ncc": 0.3, "mse": DEFAULT_LAMBDA["mse"]},
 }
+# The synthetic generator's defaults before `DataConfig.synthetic_deformation` existed (fractions
+# of the smallest size), for run configs saved then (`RunConfig.from_dict`).
+EARLIER_SYNTHETIC = {"deformation": 0.056, "smoothness": 0.25}
 FILE_DEFAULTS = {
     "mode": "pairs",
     "lr": 1e-4,
@@ -223,11 +226,17 @@ class RunConfig:
                 f"Unknown sections in a run config: {sorted(unknown)}; expected data, model, train."
             )
         train = dict(values.get("train", {}))
-        # Runs saved before `lr_schedule` existed trained at a constant rate; a resumed one must
-        # keep it rather than take today's default.
+        data = dict(values.get("data", {}))
+        # Runs saved before `lr_schedule` existed trained at a constant rate, and synthetic runs
+        # saved before `synthetic_deformation` existed on the generator's defaults of then: a
+        # resumed or evaluated one keeps them rather than take today's defaults.
         train.setdefault("lr_schedule", "constant")
+        if data.get("data") is None and "synthetic_deformation" not in data:
+            size = min(data.get("synthetic_shape", DataConfig.synthetic_shape))
+            data["synthetic_deformation"] = EARLIER_SYNTHETIC["deformation"] * size
+            data.setdefault("synthetic_smoothness", EARLIER_SYNTHETIC["smoothness"] * size)
         return cls(
-            data=DataConfig(**values.get("data", {})),
+            data=DataConfig(**data),
             model=ModelConfig(**values.get("model", {})),
             train=TrainConfig(**train),
         )
