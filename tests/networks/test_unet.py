@@ -114,8 +114,10 @@ def test_recompute_gives_the_same_outputs_loss_and_gradients(inshape, compiled):
 
 def test_recompute_lowers_the_peak_tensor_memory_of_a_training_step():
     # TensorFlow's own count of the bytes its CPU allocator holds (tensors only, not the
-    # process): the default network at 32^3 peaks at ~31 MB for a gradient step without
-    # recomputation and ~19-22 MB with it.
+    # process): the default network (transposed decoder) at 32^3 peaks at 26.5 MB for a
+    # gradient step without recomputation and at 19-23.3 MB with it, depending on the order in
+    # which the executor runs independent ops (23.3 MB with one inter-op thread, 22.5 MB seen in
+    # a full suite run): a bound of 0.9x keeps the claim without that scheduling noise.
     shape = (32, 32, 32)
     x = tf.random.uniform([1, *shape, 2], seed=0)
 
@@ -141,7 +143,7 @@ def test_recompute_lowers_the_peak_tensor_memory_of_a_training_step():
         plain = peak_megabytes(False)
     except ValueError as error:  # "Allocator stats not available" (e.g. oneDNN off)
         pytest.skip(f"no CPU allocator statistics: {error}")
-    assert peak_megabytes(True) < 0.85 * plain
+    assert peak_megabytes(True) < 0.9 * plain
 
 
 def test_recompute_only_when_training():
