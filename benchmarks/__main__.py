@@ -4,11 +4,15 @@
     python -m benchmarks --quick                 # tiny sizes, 2 repeats (smoke test)
     python -m benchmarks --cases 'train-80*' peak --repeats 7
     python -m benchmarks --list                  # the case names
+    python -m benchmarks --no-previous           # without the previous default's twins
     python -m benchmarks --cases serve-160x192x224-int7 serve-160x192x224-int7+untiled
                                                  # serving an export, tiled and whole
     python -m benchmarks ncc [--jit] [...]       # the NCC micro-benchmark (bench_ncc.py)
 
 Each case runs in its own process (`python -m benchmarks.case NAME`), one after the other.
+Each training, registration and serving case is followed by its twin as the previous default
+ran it (`+explicit`: the U-Net's explicit decoder; `--no-previous` skips them), and
+`results.md` reports the two side by side.
 """
 
 # Before TensorFlow is imported, here and (inherited) in every case process.
@@ -43,6 +47,13 @@ def _parser():
     )
     parser.add_argument("--append", action="store_true", help="merge into an existing results.json")
     parser.add_argument(
+        "--previous",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run each training, registration and serving case as the previous default "
+        "ran it (the explicit decoder, `+explicit`) and report the two side by side",
+    )
+    parser.add_argument(
         "--dataset",
         default="/work/shared/data/LPBA40/LPBA40_dataset.json",
         help="dataset JSON for the pipeline cases (default: %(default)s)",
@@ -59,12 +70,14 @@ def main(argv=None):
         return bench_ncc.main(argv[1:])
     args = _parser().parse_args(argv)
 
-    from benchmarks.harness import run_benchmarks, select_cases, with_flags
+    from benchmarks.harness import run_benchmarks, select_cases, with_flags, with_previous
 
     cases = [
         with_flags(name, args.xla, args.mixed_precision)
         for name in select_cases(args.cases, args.quick)
     ]
+    if args.previous:
+        cases = with_previous(cases)
     if args.list:
         print("\n".join(cases))
         return 0

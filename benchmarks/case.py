@@ -4,7 +4,8 @@ Case names (see `parse_case`):
 
     train-80x96x112-int7       training step, VxmDense(80x96x112, int_steps=7)
     register-160x192x224-int0  registration of one pair with vxmtf.registration.Registrator
-                               (tiled, the package's default; +untiled: the whole network at once)
+                               (tiled, the package's default; +untiled: the whole network at once;
+                               +bf16: `Registrator(precision="bfloat16")`)
     tilecost-160x192x224-int0  tiled and untiled registration timed alternately in one process
     serve-160x192x224-int7     serving_default of a vxmtf.export SavedModel on raw volumes
                                (tiled, the export's default; +untiled: the whole network)
@@ -20,9 +21,13 @@ Case names (see `parse_case`):
 
 `train` and `breakdown` names take optional suffixes `+xla` (compile with XLA,
 `jit_compile=True`) and `+bf16` (Keras policy `mixed_bfloat16`); `register` and `serve` names
-take `+untiled` (the `Registrator` and the export always compute in float32). The peak resident
-memory of the process (`ru_maxrss`, which includes TensorFlow itself) is added to the result, in GB
-(10^9 bytes). The harness (`python -m benchmarks`) runs every case in its own process.
+take `+untiled`, and `register` names `+bf16` (the U-Net in bfloat16, fields and the warp in
+float32; the export always computes in float32). `train`, `register` and `serve` names take
+`+explicit`: the U-Net's explicit upsample-concatenate-convolve decoder, the default before the
+transposed form (`VxmDense(transposed_decoder=False)`; same weights, more multiplications).
+The peak resident memory of the process (`ru_maxrss`, which includes TensorFlow itself) is
+added to the result, in GB (10^9 bytes). The harness (`python -m benchmarks`) runs every case
+in its own process.
 """
 
 # Before TensorFlow is imported (vxmtf and the workloads import it).
@@ -41,13 +46,13 @@ from pathlib import Path  # noqa: E402
 KINDS = ("train", "register", "serve", "servecost", "tilecost", "breakdown", "pipeline", "peak")
 OFFICIAL_KINDS = ("officialtrain", "officialpredict")  # run on tf-keras (benchmarks.official)
 SHAPED_KINDS = KINDS[:6] + OFFICIAL_KINDS
-FLAGS = ("xla", "bf16", "untiled")
+FLAGS = ("xla", "bf16", "untiled", "explicit")
 #: The flags each kind accepts.
 KIND_FLAGS = {
-    "train": ("xla", "bf16"),
+    "train": ("xla", "bf16", "explicit"),
     "breakdown": ("xla", "bf16"),
-    "register": ("untiled",),
-    "serve": ("untiled",),
+    "register": ("untiled", "bf16", "explicit"),
+    "serve": ("untiled", "explicit"),
 }
 DEFAULT_DATASET = "/work/shared/data/LPBA40/LPBA40_dataset.json"
 
@@ -84,8 +89,9 @@ def parse_case(name):
             raise ValueError
     except ValueError:
         raise ValueError(
-            "Expected a case name like train-80x96x112-int7[+xla][+bf16], "
-            "register-160x192x224-int0[+untiled], serve-160x192x224-int7[+untiled], "
+            "Expected a case name like train-80x96x112-int7[+xla][+bf16][+explicit], "
+            "register-160x192x224-int0[+untiled][+bf16][+explicit], "
+            "serve-160x192x224-int7[+untiled][+explicit], "
             "servecost-160x192x224-int7, tilecost-160x192x224-int0, "
             "breakdown-80x96x112-int7[+xla][+bf16], officialtrain-80x96x112-int7, "
             "officialpredict-160x192x224-int7, pipeline-ds2 or peak. "
@@ -114,19 +120,35 @@ def run_case(spec, repeats, warmup, quick=False, dataset=DEFAULT_DATASET):
 
     from benchmarks import workloads
 
-    if spec.get("bf16"):
+    if spec.get("bf16") and kind != "register":  # the Registrator builds its own bf16 copy
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     if kind == "train":
         return workloads.train_workload(
-            spec["shape"], spec["int_steps"], repeats, warmup, xla=spec["xla"]
+            spec["shape"],
+            spec["int_steps"],
+            repeats,
+            warmup,
+            xla=spec["xla"],
+            transposed_decoder=not spec["explicit"],
         )
     if kind == "register":
         return workloads.register_workload(
-            spec["shape"], spec["int_steps"], repeats, warmup, tiled=not spec["untiled"]
+            spec["shape"],
+            spec["int_steps"],
+            repeats,
+            warmup,
+            tiled=not spec["untiled"],
+            precision="bfloat16" if spec["bf16"] else "float32",
+            transposed_decoder=not spec["explicit"],
         )
     if kind == "serve":
         return workloads.serve_workload(
-            spec["shape"], spec["int_steps"], repeats, warmup, tiled=not spec["untiled"]
+            spec["shape"],
+            spec["int_steps"],
+            repeats,
+            warmup,
+            tiled=not spec["untiled"],
+            transposed_decoder=not spec["explicit"],
         )
     if kind == "servecost":
         return workloads.serve_cost_workload(spec["shape"], spec["int_steps"], repeats, warmup)

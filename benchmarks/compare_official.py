@@ -17,6 +17,11 @@ Comparisons (name: vxmtf case against official case):
   the network, the warp, results back in NumPy) against `officialpredict-S-intN` (the official
   model's `predict_on_batch` alone: no preprocessing).
 
+A `+bf16` suffix runs vxmtf's side in bfloat16 (training: the Keras policy `mixed_bfloat16`;
+registration: `Registrator(precision="bfloat16")`, the U-Net in bfloat16 and the fields and warp in
+float32) against the official code in float32, as each would be used on a CPU with AVX512_BF16
+or AMX.
+
 Writes `results.json` and `results.md` in `--out`.
 """
 
@@ -46,10 +51,11 @@ def cases(comparison: str) -> tuple[str, str]:
     from benchmarks.case import parse_case
 
     kind, sep, rest = comparison.partition("-")
-    if kind not in _OFFICIAL or not sep or "+" in rest:
+    rest, *flags = rest.split("+")
+    if kind not in _OFFICIAL or not sep or flags not in ([], ["bf16"]):
         raise ValueError(
-            "Expected a comparison like train-80x96x112-int7 or register-160x192x224-int7. "
-            f"Received: {comparison!r}"
+            "Expected a comparison like train-80x96x112-int7 or register-160x192x224-int7, "
+            f"optionally with +bf16. Received: {comparison!r}"
         )
     ours, official = comparison, f"{_OFFICIAL[kind]}-{rest}"
     parse_case(ours), parse_case(official)  # the same grammar: raises on a bad shape or steps

@@ -48,6 +48,8 @@ def default_cases(quick=False):
         cases += [f"pipeline-ds{downsample}", f"train-{shape}-int7"]
     cases += [f"breakdown-{small}-int0", f"breakdown-{small}-int7"]
     cases += [f"train-{small}-int7+xla", f"train-{small}-int7+bf16"]
+    # bfloat16 where it pays (CPUs with AVX512_BF16 or AMX): training and registration at size
+    cases += [f"train-{large}-int7+bf16", f"register-{large}-int7+bf16"]
     return list(dict.fromkeys(cases))  # in quick mode a pipeline shape repeats a train case
 
 
@@ -68,6 +70,28 @@ def select_cases(patterns, quick=False):
             )
         chosen += [c for c in matches if c not in chosen]
     return chosen
+
+
+#: Case kinds whose previous default differs from today's: the explicit U-Net decoder, which the
+#: transposed form replaced (issue #16); `with_previous` pairs each with its `+explicit` twin.
+PREVIOUS_DEFAULT_KINDS = ("train", "register", "serve")
+
+
+def previous_default(name):
+    """The case of `name` as the previous default ran it (`+explicit`), or None where nothing
+    changed (other kinds, and names that already choose a decoder or run XLA or bfloat16)."""
+    base, *flags = name.split("+")
+    if base.split("-")[0] not in PREVIOUS_DEFAULT_KINDS or set(flags) & {"explicit", "xla", "bf16"}:
+        return None
+    return name + "+explicit"
+
+
+def with_previous(cases):
+    """`cases` with each one's `previous_default` right after it (once)."""
+    out = []
+    for name in cases:
+        out += [c for c in (name, previous_default(name)) if c and c not in out]
+    return out
 
 
 def with_flags(name, xla, mixed_precision):

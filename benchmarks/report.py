@@ -24,7 +24,7 @@ def _spec(result):
 
 
 def _flags(result):
-    flags = [flag for flag in ("xla", "bf16", "untiled") if _spec(result).get(flag)]
+    flags = [flag for flag in ("xla", "bf16", "untiled", "explicit") if _spec(result).get(flag)]
     if result.get("tiled"):
         flags.append(f"tiled, slab {result['slab']}")
     if result.get("finite_losses") is False:
@@ -112,6 +112,7 @@ def markdown(results):
                 f"| {'-' if step is None else f'{step:.2f}'} "
                 f"| {'-' if ratio is None else f'{ratio:.1f}x'} |"
             )
+    lines += _previous_table(cases)
     lines += _breakdown_table(cases)
     lines += _tiling_cost_table(cases)
     errors = [(n, r["error"]) for n, r in cases.items() if "error" in r]
@@ -122,6 +123,36 @@ def markdown(results):
     if commands:
         lines += ["", "Command(s):", ""] + [f"    {c}" for c in commands]
     return "\n".join(lines) + "\n"
+
+
+def _previous_table(cases):
+    """Each case against its `+explicit` twin (the previous default's decoder), where both ran."""
+    pairs = [
+        (r, cases[name + "+explicit"])
+        for name, r in cases.items()
+        if "median" in r and "median" in cases.get(name + "+explicit", {})
+    ]
+    if not pairs:
+        return []
+    lines = [
+        "",
+        "Against the previous default (the explicit upsample-concatenate-convolve decoder, "
+        "`+explicit`, run right after each case on the same machine; median s):",
+        "",
+        "| task | shape | int_steps | flags | now s | previous s | previous / now | now GB "
+        "| previous GB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for now, previous in pairs:
+        spec = _spec(now)
+        task = TASKS.get(spec["kind"], "serving")
+        lines.append(
+            f"| {task} | {'x'.join(map(str, spec['shape']))} | {spec['int_steps']} "
+            f"| {_flags(now)} | {now['median']:.3f} | {previous['median']:.3f} "
+            f"| **{previous['median'] / now['median']:.2f}x** | {now['peak_gb']:.2f} "
+            f"| {previous['peak_gb']:.2f} |"
+        )
+    return lines
 
 
 def _breakdown_table(cases):

@@ -47,8 +47,9 @@ def random_pair(shape, seed=0):
     return tf.constant(moving[None, ..., None]), tf.constant(fixed[None, ..., None])
 
 
-def build_trainer(shape, int_steps, xla=False):
-    """The default VoxelMorph model at `shape` and its compiled training wrapper.
+def build_trainer(shape, int_steps, xla=False, transposed_decoder=True):
+    """The default VoxelMorph model at `shape` and its compiled training wrapper
+    (`transposed_decoder=False`: the explicit decoder, the previous default).
 
     Encoder 16-32-32-32, decoder 32-32-32-32-32-16-16, NCC (window 9) on `moved` with weight 1
     plus Grad("l2") on `preint_flow` with weight 1 (times `int_resolution` = 2 when integrating),
@@ -58,13 +59,14 @@ def build_trainer(shape, int_steps, xla=False):
         `(model, trainer, config)`.
     """
     config = RunConfig(model=ModelConfig(int_steps=int_steps), train=TrainConfig(xla=xla))
-    built = build_training_model(config, shape)
+    built = build_training_model(config, shape, transposed_decoder=transposed_decoder)
     return built.model, built.compile(), config
 
 
-def train_workload(shape, int_steps, repeats, warmup, xla=False):
-    """Seconds per `train_on_batch` step on one repeated pair, and achieved GFLOP/s."""
-    model, trainer, _ = build_trainer(shape, int_steps, xla)
+def train_workload(shape, int_steps, repeats, warmup, xla=False, transposed_decoder=True):
+    """Seconds per `train_on_batch` step on one repeated pair, and achieved GFLOP/s (of the
+    convolutions the model runs: fewer with the transposed decoder)."""
+    model, trainer, _ = build_trainer(shape, int_steps, xla, transposed_decoder)
     moving, fixed = random_pair(shape)
     x = {"moving": moving, "fixed": fixed}
     y = {"moved": fixed, "preint_flow": tf.zeros([1, 1])}  # Grad ignores its target
@@ -80,19 +82,26 @@ def train_workload(shape, int_steps, repeats, warmup, xla=False):
     result["gflops_per_s"] = result["flops"] / result["median"] / 1e9
     result["losses"] = losses  # NaN is kept (JSON NaN) and flagged in the report
     result["finite_losses"] = bool(np.all(np.isfinite(losses)))
+    result["transposed_decoder"] = transposed_decoder
     return result
 
 
-def build_registrator(shape, int_steps, tiled=True, slab=None):
+def build_registrator(
+    shape, int_steps, tiled=True, slab=None, precision="float32", transposed_decoder=True
+):
     """The default VoxelMorph model at `shape` (random weights) in a `Registrator`: the package's
-    registration path (`python -m vxmtf.register`, `python -m evaluate.dice`).
+    registration path (`python -m vxmtf.register`, `python -m evaluate.dice`), the U-Net in
+    `precision` ("float32" or "bfloat16"), its decoder transposed (the default) or explicit.
 
     Returns:
         `(model, registrator)`.
     """
-    model = VxmDense(tuple(shape), int_steps=int_steps, name="vxm_dense")
+    model = VxmDense(
+        tuple(shape), int_steps=int_steps, transposed_decoder=transposed_decoder, name="vxm_dense"
+    )
     config = RunConfig(model=ModelConfig(int_steps=int_steps))  # min-max, no downsampling
-    return model, Registrator(model, config=config, tiled=tiled, slab=slab)
+    registrator = Registrator(model, config=config, tiled=tiled, slab=slab, precision=precision)
+    return model, registrator
 
 
 def random_volumes(shape, seed=0):
@@ -101,15 +110,28 @@ def random_volumes(shape, seed=0):
     return moving.numpy()[0, ..., 0], fixed.numpy()[0, ..., 0]
 
 
-def register_workload(shape, int_steps, repeats, warmup, tiled=True, slab=None):
+def register_workload(
+    shape,
+    int_steps,
+    repeats,
+    warmup,
+    tiled=True,
+    slab=None,
+    precision="float32",
+    transposed_decoder=True,
+):
     """Seconds per registration of one pair of `(*shape)` NumPy volumes with `Registrator.register`
     (normalisation, the network, the warp of the moving image; results back in NumPy), and
     GFLOP/s of the untiled network's convolutions.
 
     `tiled` chooses between the slab-wise network (`vxmtf.networks.tiled_displacement`, the
-    default) and the whole network in one graph; `slab` is None for the automatic slab size.
+    default) and the whole network in one graph; `slab` is None for the automatic slab size;
+    `precision` is the U-Net's (`Registrator(precision=...)`); `transposed_decoder=False` runs
+    the explicit decoder (the previous default).
     """
-    model, registrator = build_registrator(shape, int_steps, tiled, slab)
+    model, registrator = build_registrator(
+        shape, int_steps, tiled, slab, precision, transposed_decoder
+    )
     moving, fixed = random_volumes(shape)
 
     def register():
@@ -119,17 +141,21 @@ def register_workload(shape, int_steps, repeats, warmup, tiled=True, slab=None):
     result["flops"], _ = conv_flops(model)
     result["gflops_per_s"] = result["flops"] / result["median"] / 1e9
     result["tiled"] = tiled
+    result["precision"] = precision
+    result["transposed_decoder"] = transposed_decoder
     if tiled:
         result["slab"] = slab or default_slab((1, *shape, 1), model)
     return result
 
 
-def _exported_server(shape, int_steps, folder, tiled):
+def _exported_server(shape, int_steps, folder, tiled, transposed_decoder=True):
     """`serving_default` of the default model at `shape` (random weights, min-max, no
     downsampling) exported to `folder` and loaded back, and a raw `(moving, fixed)` pair."""
     from vxmtf.export import export_saved_model
 
-    model = VxmDense(tuple(shape), int_steps=int_steps, name="vxm_dense")
+    model = VxmDense(
+        tuple(shape), int_steps=int_steps, transposed_decoder=transposed_decoder, name="vxm_dense"
+    )
     config = RunConfig(model=ModelConfig(int_steps=int_steps))  # min-max, no downsampling
     path = export_saved_model(model, folder, f"vxm_{tiled}", config=config, tiled=tiled)
     serve = tf.saved_model.load(str(path)).signatures["serving_default"]
@@ -146,7 +172,7 @@ def _raw_pair(shape):
     return tuple(1000.0 * x.numpy() + 50.0 for x in random_pair(shape))
 
 
-def serve_workload(shape, int_steps, repeats, warmup, tiled=True):
+def serve_workload(shape, int_steps, repeats, warmup, tiled=True, transposed_decoder=True):
     """Seconds per `serving_default` call of a `vxmtf.export` SavedModel on one raw pair.
 
     The default VoxelMorph model at `shape` (random weights) is exported with a default run
@@ -154,13 +180,15 @@ def serve_workload(shape, int_steps, repeats, warmup, tiled=True):
     `tf.saved_model.load` and called on a pair of `(1, *shape, 1)` float32 volumes scaled and
     offset like scanner intensities: the request a model server runs, normalisation, network
     and warp of the moving image included (results back in NumPy). `tiled` chooses the
-    export's slab-wise network and row-chunked warps (the default) or the whole graph.
+    export's slab-wise network and row-chunked warps (the default) or the whole graph;
+    `transposed_decoder=False` exports the explicit decoder (the previous default).
     """
     moving, fixed = _raw_pair(shape)
     with tempfile.TemporaryDirectory() as folder:
-        request = _exported_server(shape, int_steps, folder, tiled)
+        request = _exported_server(shape, int_steps, folder, tiled, transposed_decoder)
         result = time_calls(lambda: request(moving, fixed), repeats, warmup)
     result["tiled"] = tiled
+    result["transposed_decoder"] = transposed_decoder
     if tiled:
         result["slab"] = default_slab((1, *shape, 1), VxmDense(tuple(shape), int_steps=int_steps))
     return result

@@ -10,7 +10,13 @@ import pytest
 
 from benchmarks.case import parse_case, peak_memory_gb, run_case
 from benchmarks.flops import TRAIN_FACTOR, conv_flops
-from benchmarks.harness import default_cases, select_cases, with_flags
+from benchmarks.harness import (
+    default_cases,
+    previous_default,
+    select_cases,
+    with_flags,
+    with_previous,
+)
 from benchmarks.report import markdown, pipeline_ratio
 from vxmtf.networks import VxmDense
 
@@ -93,8 +99,9 @@ def test_parse_registration_cases():
     assert (spec["kind"], spec["shape"], spec["int_steps"]) == ("tilecost", (160, 192, 224), 7)
     for bad in (
         "train-32x32x32-int0+untiled",
-        "register-32x32x32-int0+bf16",
+        "serve-32x32x32-int0+bf16",
         "register-32x32x32-int0+xla",
+        "breakdown-32x32x32-int0+explicit",
         "tilecost-32x32x32-int0+untiled",
     ):
         with pytest.raises(ValueError, match="Expected a case name"):
@@ -104,6 +111,35 @@ def test_parse_registration_cases():
     assert {"register-160x192x224-int7+untiled", "tilecost-160x192x224-int0"} <= set(
         default_cases()
     )
+
+
+def test_each_changed_default_is_paired_with_the_previous_one():
+    assert parse_case("train-32x32x32-int7+explicit")["explicit"]
+    assert not parse_case("train-32x32x32-int7")["explicit"]
+    assert parse_case("register-32x32x32-int7+bf16")["bf16"]
+    assert previous_default("train-32x32x32-int7") == "train-32x32x32-int7+explicit"
+    assert previous_default("register-32x32x32-int0+untiled") == (
+        "register-32x32x32-int0+untiled+explicit"
+    )
+    for unchanged in ("peak", "pipeline-ds2", "tilecost-32x32x32-int0", "train-32x32x32-int7+xla"):
+        assert previous_default(unchanged) is None
+    assert with_previous(["peak", "train-8x8x8-int0", "train-8x8x8-int0+explicit"]) == [
+        "peak",
+        "train-8x8x8-int0",
+        "train-8x8x8-int0+explicit",
+    ]
+    for name in with_previous(default_cases()):
+        parse_case(name)
+
+
+def test_the_previous_default_runs_the_explicit_decoder():
+    """The `+explicit` twin runs more multiplications (flops.py counts the layers that run)."""
+    now = run_case(parse_case("train-16x16x16-int0"), 1, 0)
+    previous = run_case(parse_case("train-16x16x16-int0+explicit"), 1, 0)
+    assert now["transposed_decoder"] and not previous["transposed_decoder"]
+    assert previous["flops"] > 1.2 * now["flops"]
+    result = run_case(parse_case("register-16x16x16-int0+explicit"), 1, 0)
+    assert not result["transposed_decoder"] and result["median"] > 0
 
 
 def test_pipeline_case_is_skipped_without_data(tmp_path):
@@ -188,12 +224,21 @@ def test_report_pipeline_ratio_and_tables():
     parts = {"unet": {"median": 0.5}, "step": {"median": 1.0}}
     for name in ("breakdown-32x32x32-int7", "breakdown-32x32x32-int7+bf16"):
         results["cases"][name] = {"spec": parse_case(name), "parts": parts, "sum_of_parts": 0.5}
+    results["cases"]["register-80x96x80-int0+explicit"] = {
+        **results["cases"]["register-80x96x80-int0"],
+        "spec": parse_case("register-80x96x80-int0+explicit"),
+        "median": 0.8,
+        "peak_gb": 1.4,
+    }
     step, ratio = pipeline_ratio(results, results["cases"]["pipeline-ds2"])
     assert (step, ratio) == (2.0, 8.0)
     text = markdown(results)
     assert "| training step | 80x96x80 | 7 | - | 2.000 | 1.900 | 2.100 | 1.50 | 50.0 | - |" in text
     assert "| downsample 2 | 80x96x80 | 4.00 | 0.90 | 2.00 | 8.0x |" in text
     row = "| registration | 80x96x80 | 0 | tiled, slab 24 | 0.500 | 0.400 | 0.600 | 1.20 | 100.0 |"
+    assert row in text
+    row = "| registration | 80x96x80 | 0 | tiled, slab 24 | 0.500 | 0.800 | **1.60x** | 1.20 "
+    row += "| 1.40 |"
     assert row in text
     row = "| 80x96x80 | 7 | 24 | 1.050 | 1.000 | 1.050 | 2.00 | 2.00 | 1.040 |"
     assert row in text

@@ -16,13 +16,20 @@ def test_comparisons_pair_each_vxmtf_case_with_the_official_counterpart():
     assert compare_official.cases("register-160x192x224-int0")[1] == (
         "officialpredict-160x192x224-int0"
     )
+    # bfloat16 on vxmtf's side only: the official code runs float32 as published
+    assert compare_official.cases("register-16x16x16-int7+bf16") == (
+        "register-16x16x16-int7+bf16",
+        "officialpredict-16x16x16-int7",
+    )
+    assert parse_case("register-16x16x16-int7+bf16")["bf16"]
     spec = parse_case("officialpredict-160x192x224-int7")
     assert (spec["kind"], spec["shape"], spec["int_steps"]) == (
         "officialpredict",
         (160, 192, 224),
         7,
     )
-    for bad in ("serve-32x32x32-int0", "train-32x32x32-int7+xla", "train", "train-32x32-seven"):
+    bad_names = ("serve-32x32x32-int0", "train-32x32x32-int7+xla", "train", "train-32x32-seven")
+    for bad in (*bad_names, "register-32x32x32-int7+bf16+bf16"):
         with pytest.raises(ValueError, match="Received"):
             compare_official.cases(bad)
 

@@ -282,7 +282,9 @@ class TrainingModel:
         return self.trainer
 
 
-def build_training_model(config: RunConfig, shape, num_classes: int = 0) -> TrainingModel:
+def build_training_model(
+    config: RunConfig, shape, num_classes: int = 0, transposed_decoder: bool = True
+) -> TrainingModel:
     """The run's `VxmDense` at spatial `shape`, wrapped with its training outputs and losses.
 
     Image term on `moved` (and `inverse_moved`, each at 1/2, when bidirectional), smoothness
@@ -290,10 +292,18 @@ def build_training_model(config: RunConfig, shape, num_classes: int = 0) -> Trai
     as in the VoxelMorph code), and with a segmentation weight a soft Dice between the fixed
     labels and the moving labels (`num_classes` one-hot channels) warped by the same field
     (TMI 2019, Sec. III-C). Build it under the distribution strategy's scope; not compiled
-    (`TrainingModel.compile`).
+    (`TrainingModel.compile`). `transposed_decoder` is `VxmDense`'s (False: the explicit
+    upsample-concatenate-convolve decoder, the form before it became the default; benchmarks
+    compare the two).
     """
     cfg, mcfg = config.train, config.model
-    model = VxmDense(tuple(shape), **mcfg.kwargs(), recompute=cfg.recompute, name="vxm_dense")
+    model = VxmDense(
+        tuple(shape),
+        **mcfg.kwargs(),
+        recompute=cfg.recompute,
+        transposed_decoder=transposed_decoder,
+        name="vxm_dense",
+    )
     image_loss = NCC(cfg.ncc_window) if cfg.image_loss == "ncc" else MSE()
     coarse = mcfg.int_steps > 0 and mcfg.int_resolution > 1
     grad = Grad("l2", loss_mult=mcfg.int_resolution if coarse else None)
