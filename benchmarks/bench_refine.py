@@ -63,6 +63,22 @@ SETTINGS = {
         "full_steps": 10,
         "learning_rate": 0.3,
     },
+    # The full-resolution stage on a velocity 2x finer than the model's (`full_fine_steps`) and
+    # with its own lambda (`full_reg_weight`); first 3 pairs: +0.004 and +0.002 over
+    # lr0.3_steps50_full10, +0.005 together, at 1.5x its time.
+    "lr0.3_steps50_fullfine10": {"steps": 50, "full_fine_steps": 10, "learning_rate": 0.3},
+    "lr0.3_steps50_full10_fulllambda0.5": {
+        "steps": 50,
+        "full_steps": 10,
+        "full_reg_weight": 0.5,
+        "learning_rate": 0.3,
+    },
+    "lr0.3_steps50_fullfine10_fulllambda0.5": {
+        "steps": 50,
+        "full_fine_steps": 10,
+        "full_reg_weight": 0.5,
+        "learning_rate": 0.3,
+    },
 }
 
 
@@ -130,13 +146,21 @@ def results_table(results: dict, first: int | None = None) -> str:
         "| setting | coarse steps | steps | fine steps | full-res steps | lr | NCC window "
         "| lambda | pairs | Dice mean ± std | s / pair | folding % |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        # full-res steps "10 (2x finer)": on a velocity twice as fine as the model's; a lambda
+        # "1 / 0.5": of the model-grid stages / of the full-resolution stage
     ]
     rows = sorted(_summaries(results, first), key=lambda r: (-r["pairs"], r["seconds_per_pair"]))
     for row in rows:
+        full = str(row["full_steps"])
+        if row.get("full_fine_steps"):
+            full = f"{row['full_fine_steps']} (2x finer)"
+        weight = f"{row['reg_weight']:g}"
+        if row.get("full_reg_weight") is not None:
+            weight += f" / {row['full_reg_weight']:g}"
         lines.append(
             f"| {row['name']} | {row['coarse_steps']} | {row['steps']} | {row['fine_steps']} "
-            f"| {row['full_steps']} | {row['learning_rate']:g} | {row['ncc_window']} "
-            f"| {row['reg_weight']:g} | {row['pairs']} "
+            f"| {full} | {row['learning_rate']:g} | {row['ncc_window']} "
+            f"| {weight} | {row['pairs']} "
             f"| {row['dice_mean']:.3f} ± {row['dice_std']:.3f} "
             f"| {row['seconds_per_pair']:.1f} | {row['folding_percent']:.4f} |"
         )
@@ -203,6 +227,8 @@ def _options(name: str, objective: dict) -> dict:
         "steps": raw.get("steps", 0),
         "fine_steps": raw.get("fine_steps", 0),
         "full_steps": raw.get("full_steps", 0),
+        "full_fine_steps": raw.get("full_fine_steps", 0),
+        "full_reg_weight": raw.get("full_reg_weight", None),
         "learning_rate": raw.get("learning_rate", 0.1),
         "ncc_window": raw.get("ncc_window", objective["ncc_window"]),
         "reg_weight": raw.get("reg_weight", objective["reg_weight"]),
@@ -263,11 +289,17 @@ class PairRunner:
             "fine_steps": options["fine_steps"],
             "jit_compile": self.xla,
         }
-        full = options["full_steps"] > 0
+        full_fine = options.get("full_fine_steps", 0)
+        full = options["full_steps"] + full_fine > 0
+        full_weight = options.get("full_reg_weight")
+        full_objective = {
+            **objective,
+            "reg_weight": objective["reg_weight"] if full_weight is None else full_weight,
+        }
         if full and (any(self.padding.before) or any(self.padding.after)):
             raise ValueError("full_steps needs a pair that the model grid holds without padding")
         moving, fixed = self.images["moving"], self.images["fixed"]
-        compile_seconds = self._warm_up(objective, schedule, options)
+        compile_seconds = self._warm_up(objective, schedule, options, full_objective)
         start = time.perf_counter()
         field, displacement, history = refine_field(
             moving, fixed, self.preint, **objective, **schedule, steps=options["steps"]
@@ -277,8 +309,8 @@ class PairRunner:
                 self.full_images["moving"],
                 self.full_images["fixed"],
                 field,
-                **objective,
-                **{**schedule, "coarse_steps": 0, "fine_steps": 0},
+                **full_objective,
+                **{**schedule, "coarse_steps": 0, "fine_steps": full_fine},
                 steps=options["full_steps"],
             )
         seconds = time.perf_counter() - start
@@ -297,15 +329,17 @@ class PairRunner:
         final = float((full_history if full else history)["loss"][-1])
         return displacement, seconds, float(history["loss"][0]), final, compile_seconds
 
-    def _warm_up(self, objective, schedule, options):
+    def _warm_up(self, objective, schedule, options, full_objective):
         """One step of every graph the setting uses, so timing excludes tracing/compiling."""
         from vxmtf.refine import refine_field
 
+        full_fine = options.get("full_fine_steps", 0)
         key = (
             objective["ncc_window"],
             options["coarse_steps"] > 0,
             options["fine_steps"] > 0,
             options["full_steps"] > 0,
+            full_fine > 0,
         )
         if key in self.warm:
             return 0.0
@@ -314,13 +348,13 @@ class PairRunner:
         warm["fine_steps"] = min(1, warm["fine_steps"])
         images = (self.images["moving"], self.images["fixed"])
         refine_field(*images, self.preint, **objective, **warm, steps=1)
-        if options["full_steps"]:
+        if options["full_steps"] or full_fine:
             full = (self.full_images["moving"], self.full_images["fixed"])
             field = self.preint
             if options["fine_steps"]:
                 field = refine_field(*images, field, **objective, **warm, steps=0)[0]
-            no_levels = {**schedule, "coarse_steps": 0, "fine_steps": 0}
-            refine_field(*full, field, **objective, **no_levels, steps=1)
+            no_levels = {**schedule, "coarse_steps": 0, "fine_steps": min(1, full_fine)}
+            refine_field(*full, field, **full_objective, **no_levels, steps=1)
         self.warm.add(key)
         return time.perf_counter() - start
 

@@ -1,0 +1,44 @@
+"""`benchmarks.bench_refine`: setting options and the results table (no TensorFlow work)."""
+
+from benchmarks.bench_refine import SETTINGS, _options, results_table
+
+OBJECTIVE = {"int_steps": 7, "image_loss": "ncc", "ncc_window": 9, "reg_weight": 1.0}
+
+
+def test_options_fill_the_defaults_and_keep_the_full_resolution_stage_settings():
+    plain = _options("lr0.3_steps50_full10", OBJECTIVE)
+    assert plain["full_steps"] == 10 and plain["full_fine_steps"] == 0
+    assert plain["full_reg_weight"] is None and plain["reg_weight"] == 1.0
+    finer = _options("lr0.3_steps50_fullfine10_fulllambda0.5", OBJECTIVE)
+    assert (finer["full_steps"], finer["full_fine_steps"], finer["full_reg_weight"]) == (0, 10, 0.5)
+    for name in SETTINGS:  # every setting is a complete option set
+        assert set(_options(name, OBJECTIVE)) == set(plain)
+
+
+def test_results_table_means_each_setting_and_names_the_full_resolution_stage():
+    def pair(index, dice, seconds):
+        return {"index": index, "dice": dice, "seconds": seconds, "folding": 0.0}
+
+    results = {"settings": {}}
+    for name, dice, seconds in (
+        ("lr0.3_steps50_full10", (0.70, 0.72), (10.0, 20.0)),
+        ("steps0", (0.60, 0.64), (0.5, 0.5)),
+    ):
+        results["settings"][name] = {
+            "options": _options(name, OBJECTIVE),
+            "pairs": {"a": pair(0, dice[0], seconds[0]), "b": pair(1, dice[1], seconds[1])},
+        }
+    name = "lr0.3_steps50_fullfine10_fulllambda0.5"
+    results["settings"][name] = {
+        "options": _options(name, OBJECTIVE),
+        "pairs": {"a": pair(0, 0.75, 30.0)},
+    }
+    table = results_table(results)
+    assert (
+        "| lr0.3_steps50_full10 | 0 | 50 | 0 | 10 | 0.3 | 9 | 1 | 2 | 0.710 ± 0.010 | 15.0 |"
+        in (table)
+    )
+    assert "| 10 (2x finer) | 0.3 | 9 | 1 / 0.5 | 1 | 0.750 ± 0.000 | 30.0 |" in table
+    rows = [line for line in table.splitlines()[2:] if line.startswith("| ")]
+    # two-pair settings first, each group by increasing seconds
+    assert [r.split(" | ")[0][2:] for r in rows] == ["steps0", "lr0.3_steps50_full10", name]
