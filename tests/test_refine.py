@@ -198,6 +198,25 @@ def test_coarse_to_fine_schedule(ndim):
     assert refined.shape == field.shape and displacement.shape == (1, *shape, ndim)
 
 
+def test_fine_stage_alone_starts_from_the_resized_field():
+    """``steps=0, fine_steps=N``: N steps on the field resized to a 2x finer grid, recorded from
+    that resized field's objective (N + 1 values), as the full-resolution stage of
+    `benchmarks.bench_refine` runs it on a finer velocity."""
+    moving, fixed, shape = random_pair(3, seed=3)
+    rng = np.random.default_rng(4)
+    field = tf.constant(rng.normal(scale=0.2, size=(1, *[n // 2 for n in shape], 3)), tf.float32)
+    refined, displacement, history = refine_field(
+        moving, fixed, field, int_steps=7, grad_mult=2.0, steps=0, fine_steps=4, learning_rate=0.1
+    )
+    resized = rescale_field(field, out_shape=shape)
+    assert refined.shape == resized.shape and displacement.shape == (1, *shape, 3)
+    assert history["loss"].shape == (5,)
+    before = oracle_objective(moving, fixed, resized, 7, shape, "ncc", 1.0, 2.0)
+    after = oracle_objective(moving, fixed, refined, 7, shape, "ncc", 1.0, 2.0)
+    np.testing.assert_allclose(history["loss"][[0, -1]], [before, after], rtol=1e-4, atol=1e-6)
+    assert after < before
+
+
 def test_refinement_at_a_finer_image_grid():
     """The same velocity against images 2x finer (a full-resolution stage): the displacement
     is on the images' grid, in their voxels (twice the coarse displacement)."""

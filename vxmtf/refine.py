@@ -273,7 +273,7 @@ def refine_field(
             graphs, moving, fixed, field, update, out_shape, weight, coarse_steps, lr
         )
         histories.append(history if not steps else history[:-1])
-    if steps or not coarse_steps:
+    if steps or not (coarse_steps or fine_steps):  # zero steps only to evaluate the field
         graphs = _adam_graph(*static, coarse=False, jit_compile=jit_compile)
         field, history, _, displacement = _run_adam(
             graphs, moving, fixed, tf.zeros([]), field, out_shape, weight, steps, lr
