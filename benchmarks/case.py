@@ -55,6 +55,9 @@ KIND_FLAGS = {
     "serve": ("untiled", "explicit"),
 }
 DEFAULT_DATASET = "/work/shared/data/LPBA40/LPBA40_dataset.json"
+#: Case kinds whose previous default differs from today's: the explicit U-Net decoder, which the
+#: transposed form replaced (issue #16); `previous_default` names each one's `+explicit` twin.
+PREVIOUS_DEFAULT_KINDS = ("train", "register", "serve")
 
 
 def parse_case(name):
@@ -98,6 +101,15 @@ def parse_case(name):
             f"Received: {name!r}"
         ) from None
     return spec
+
+
+def previous_default(name):
+    """The case of `name` as the previous default ran it (`+explicit`), or None where nothing
+    changed (other kinds, and names that already choose a decoder or run XLA or bfloat16)."""
+    base, *flags = name.split("+")
+    if base.split("-")[0] not in PREVIOUS_DEFAULT_KINDS or set(flags) & {"explicit", "xla", "bf16"}:
+        return None
+    return name + "+explicit"
 
 
 def peak_memory_gb():

@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.case import previous_default
 from benchmarks.report import write_markdown
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def default_cases(quick=False):
         cases += [f"pipeline-ds{downsample}", f"train-{shape}-int7"]
     cases += [f"breakdown-{small}-int0", f"breakdown-{small}-int7"]
     cases += [f"train-{small}-int7+xla", f"train-{small}-int7+bf16"]
-    # bfloat16 where it pays (CPUs with AVX512_BF16 or AMX): training and registration at size
+    # bfloat16 where it pays (CPUs with AMX; see benchmarks/NOTES.md): training and registration
     cases += [f"train-{large}-int7+bf16", f"register-{large}-int7+bf16"]
     return list(dict.fromkeys(cases))  # in quick mode a pipeline shape repeats a train case
 
@@ -72,20 +73,6 @@ def select_cases(patterns, quick=False):
     return chosen
 
 
-#: Case kinds whose previous default differs from today's: the explicit U-Net decoder, which the
-#: transposed form replaced (issue #16); `with_previous` pairs each with its `+explicit` twin.
-PREVIOUS_DEFAULT_KINDS = ("train", "register", "serve")
-
-
-def previous_default(name):
-    """The case of `name` as the previous default ran it (`+explicit`), or None where nothing
-    changed (other kinds, and names that already choose a decoder or run XLA or bfloat16)."""
-    base, *flags = name.split("+")
-    if base.split("-")[0] not in PREVIOUS_DEFAULT_KINDS or set(flags) & {"explicit", "xla", "bf16"}:
-        return None
-    return name + "+explicit"
-
-
 def with_previous(cases):
     """`cases` with each one's `previous_default` right after it (once)."""
     out = []
@@ -96,7 +83,7 @@ def with_previous(cases):
 
 def with_flags(name, xla, mixed_precision):
     """Add the `--xla` / `--mixed-precision` switches to a training-type case name (registration
-    runs `Registrator`, always in float32 and without XLA)."""
+    runs `Registrator`, without XLA; its bfloat16 is a case of its own, `register-...+bf16`)."""
     if name.split("-")[0] not in ("train", "breakdown"):
         return name
     if xla and "+xla" not in name:

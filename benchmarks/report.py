@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from benchmarks.case import previous_default
+
 __all__ = ["markdown", "pipeline_ratio", "write_markdown"]
 
 TASKS = {"train": "training step", "register": "registration"}
@@ -127,10 +129,11 @@ def markdown(results):
 
 def _previous_table(cases):
     """Each case against its `+explicit` twin (the previous default's decoder), where both ran."""
+    twins = {name: previous_default(name) for name in cases}
     pairs = [
-        (r, cases[name + "+explicit"])
+        (r, cases[twins[name]])
         for name, r in cases.items()
-        if "median" in r and "median" in cases.get(name + "+explicit", {})
+        if "median" in r and "median" in cases.get(twins[name], {})
     ]
     if not pairs:
         return []

@@ -90,7 +90,7 @@ def test_parse_case():
 
 
 def test_parse_registration_cases():
-    """Registration runs Registrator (tiled unless +untiled, always float32, no XLA)."""
+    """Registration runs Registrator (tiled unless +untiled, float32 unless +bf16, no XLA)."""
     assert not parse_case("register-32x32x32-int7")["untiled"]
     spec = parse_case("register-160x192x224-int0+untiled")
     assert (spec["kind"], spec["shape"], spec["int_steps"]) == ("register", (160, 192, 224), 0)
