@@ -289,9 +289,9 @@ class PairRunner:
             "fine_steps": options["fine_steps"],
             "jit_compile": self.xla,
         }
-        full_fine = options.get("full_fine_steps", 0)
+        full_fine = options["full_fine_steps"]
         full = options["full_steps"] + full_fine > 0
-        full_weight = options.get("full_reg_weight")
+        full_weight = options["full_reg_weight"]
         full_objective = {
             **objective,
             "reg_weight": objective["reg_weight"] if full_weight is None else full_weight,
@@ -333,7 +333,7 @@ class PairRunner:
         """One step of every graph the setting uses, so timing excludes tracing/compiling."""
         from vxmtf.refine import refine_field
 
-        full_fine = options.get("full_fine_steps", 0)
+        full_fine = options["full_fine_steps"]
         key = (
             objective["ncc_window"],
             options["coarse_steps"] > 0,
