@@ -1,0 +1,148 @@
+"""`python -m benchmarks.bench_rescale`: the ways `rescale_field` applies its resize, timed.
+
+`vxmtf.ops.rescale_field` resizes a field one axis at a time by a linear map ``x -> W x``. It
+can apply it by gathers (``method="gather"``, differentiated by TensorFlow: an unsorted segment
+sum over every output element), by matrix products (``"product"``), or as it does by default
+(``"auto"``: gathers forward and ``W^T`` backward outside XLA, products inside XLA). This script
+times, in one process and alternating the methods round by round:
+
+- ``resize``: forward and backward of the resize alone (gradient of ``sum(resize(v) * w)``);
+- ``forward``: the resize alone, forward only (what registration runs);
+- ``refine``: one full-resolution refinement step's objective and gradient, as
+  `vxmtf.refine.refine_field` computes it for the shipped LPBA40 model (velocity 40x48x40,
+  7 scaling-and-squaring steps, images 160x192x160, NCC window 9 + lambda x Grad).
+
+Each case reports the median of ``--rounds`` calls after a warm-up, and the median of the
+per-round ratios to ``gather``, as a markdown table (``--out`` also writes it with the machine's
+description to a JSON file)::
+
+    python -m benchmarks.bench_rescale              # graph mode
+    python -m benchmarks.bench_rescale --jit        # XLA, as bench_refine and Registrator refine
+"""
+
+import vxmtf_cli  # noqa: E402  (imports no TensorFlow)
+
+vxmtf_cli.prepare_environment()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from benchmarks.harness import machine_info  # noqa: E402
+from vxmtf.losses.grad import grad_penalty  # noqa: E402
+from vxmtf.losses.ncc import mean_local_ncc  # noqa: E402
+from vxmtf.ops.integrate import integrate_velocity  # noqa: E402
+from vxmtf.ops.resample import warp  # noqa: E402
+from vxmtf.ops.rescale import rescale_field  # noqa: E402
+
+METHODS = ("gather", "auto", "product")
+#: (kind, input grid, output grid): the refinement grids of the shipped LPBA40 model.
+CASES = (
+    ("resize", (40, 48, 40), (160, 192, 160)),
+    ("resize", (40, 48, 40), (80, 96, 80)),
+    ("resize", (80, 96, 80), (160, 192, 160)),
+    ("forward", (80, 96, 80), (160, 192, 160)),
+    ("refine", (40, 48, 40), (160, 192, 160)),
+)
+
+
+def build(kind, in_shape, out_shape, method, jit_compile, seed=0):
+    """A `tf.function` for one case and method, and its arguments."""
+    rng = np.random.default_rng(seed)
+    field = tf.constant(rng.normal(size=(1, *in_shape, 3)).astype(np.float32))
+    if kind == "forward":
+        function = tf.function(
+            lambda v: rescale_field(v, out_shape=out_shape, method=method),
+            jit_compile=jit_compile,
+            autograph=False,
+        )
+        return function, (field,)
+    if kind == "resize":
+        upstream = tf.constant(rng.normal(size=(1, *out_shape, 3)).astype(np.float32))
+
+        def resize(v):
+            with tf.GradientTape() as tape:
+                tape.watch(v)
+                value = tf.reduce_sum(
+                    rescale_field(v, out_shape=out_shape, method=method) * upstream
+                )
+            return tape.gradient(value, v)
+
+        return tf.function(resize, jit_compile=jit_compile, autograph=False), (field,)
+    moving = tf.constant(rng.random((1, *out_shape, 1), np.float32))
+    fixed = tf.constant(rng.random((1, *out_shape, 1), np.float32))
+
+    def refine(moving, fixed, v):  # refine_field's objective and its gradient, one step
+        with tf.GradientTape() as tape:
+            tape.watch(v)
+            displacement = rescale_field(
+                integrate_velocity(v, 7), out_shape=out_shape, method=method
+            )
+            similarity = -mean_local_ncc(fixed, warp(moving, displacement), window=9)
+            loss = tf.reduce_sum(similarity) + 4.0 * tf.reduce_sum(grad_penalty(v, "l2"))
+        return tape.gradient(loss, v)
+
+    function = tf.function(refine, jit_compile=jit_compile, autograph=False)
+    return function, (moving, fixed, 0.5 * field)
+
+
+def run_case(kind, in_shape, out_shape, rounds, jit_compile, methods=METHODS):
+    """Median seconds per method and median per-round ratio to ``gather``."""
+    functions = {m: build(kind, in_shape, out_shape, m, jit_compile) for m in methods}
+    for function, args in functions.values():
+        function(*args).numpy()  # trace, compile, warm up
+    seconds = {m: [] for m in methods}
+    for r in range(rounds):
+        order = methods[r % len(methods) :] + methods[: r % len(methods)]
+        for m in order:
+            function, args = functions[m]
+            start = time.perf_counter()
+            function(*args).numpy()
+            seconds[m].append(time.perf_counter() - start)
+    return {
+        m: {
+            "median_ms": 1e3 * statistics.median(seconds[m]),
+            "gather_over_this": statistics.median(
+                g / s for g, s in zip(seconds["gather"], seconds[m], strict=True)
+            ),
+        }
+        for m in methods
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jit", action="store_true", help="compile every case with XLA")
+    parser.add_argument("--rounds", type=int, default=7, help="timed calls per method and case")
+    parser.add_argument("--out", type=Path, help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1. Received: {args.rounds}")
+    rows = []
+    mode = "XLA" if args.jit else "graph"
+    print(f"| case ({mode}) | " + " | ".join(f"{m} ms" for m in METHODS) + " | gather / auto |")
+    print("|---|" + "---|" * (len(METHODS) + 1))
+    for kind, in_shape, out_shape in CASES:
+        result = run_case(kind, in_shape, out_shape, args.rounds, args.jit)
+        name = f"{kind} {'x'.join(map(str, in_shape))} -> {'x'.join(map(str, out_shape))}"
+        rows.append({"case": name, "jit_compile": args.jit, **result})
+        times = " | ".join(f"{result[m]['median_ms']:.0f}" for m in METHODS)
+        print(f"| {name} | {times} | {result['auto']['gather_over_this']:.2f}x |", flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "command": " ".join(["python -m benchmarks.bench_rescale", *(argv or sys.argv[1:])])
+        }
+        payload.update(machine=machine_info(), rounds=args.rounds, results=rows)
+        args.out.write_text(json.dumps(payload, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
