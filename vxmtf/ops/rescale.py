@@ -20,7 +20,7 @@ def rescale_field(field, factor=None, out_shape=None, method="auto"):
     N-linear interpolation with border clamping is the tensor product of 1-D linear
     interpolations, so the field is resized one axis at a time, each pass a linear map
     ``x -> W x`` along that axis with ``W`` the ``(m, n)`` matrix of `_interpolation_matrix`
-    (two non-zeros per row). Two ways to apply it, same values:
+    (two non-zeros per row). `method` says how it is applied; the values are the same:
 
     - ``"gather"``: two gathers and a blend per axis, O(1) work per output for any size; as
       TensorFlow differentiates it, its gradient is an unsorted segment sum over every output
