@@ -26,15 +26,14 @@ vxmtf_cli.prepare_environment()
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import statistics  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks.harness import machine_info  # noqa: E402
+from benchmarks.timing import time_alternating  # noqa: E402
 from vxmtf.losses.grad import grad_penalty  # noqa: E402
 from vxmtf.losses.ncc import mean_local_ncc  # noqa: E402
 from vxmtf.ops.integrate import integrate_velocity  # noqa: E402
@@ -93,26 +92,15 @@ def build(kind, in_shape, out_shape, method, jit_compile, seed=0):
 
 
 def run_case(kind, in_shape, out_shape, rounds, jit_compile, methods=METHODS):
-    """Median seconds per method and median per-round ratio to ``gather``."""
-    functions = {m: build(kind, in_shape, out_shape, m, jit_compile) for m in methods}
-    for function, args in functions.values():
-        function(*args).numpy()  # trace, compile, warm up
-    seconds = {m: [] for m in methods}
-    for r in range(rounds):
-        order = methods[r % len(methods) :] + methods[: r % len(methods)]
-        for m in order:
-            function, args = functions[m]
-            start = time.perf_counter()
-            function(*args).numpy()
-            seconds[m].append(time.perf_counter() - start)
+    """Median ms per method and median per-round ratio to ``gather`` (``gather_over_this``)."""
+    calls = {}
+    for m in methods:
+        function, args = build(kind, in_shape, out_shape, m, jit_compile)
+        calls[m] = lambda function=function, args=args: function(*args).numpy()
+    timed = time_alternating(calls, rounds, baseline="gather")
     return {
-        m: {
-            "median_ms": 1e3 * statistics.median(seconds[m]),
-            "gather_over_this": statistics.median(
-                g / s for g, s in zip(seconds["gather"], seconds[m], strict=True)
-            ),
-        }
-        for m in methods
+        m: {"median_ms": t["median_ms"], "gather_over_this": t["baseline_over_this"]}
+        for m, t in timed.items()
     }
 
 

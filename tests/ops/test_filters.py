@@ -117,15 +117,15 @@ def test_bad_rank_dtype_and_method_raise():
 def test_auto_method_detects_xla_compilation():
     # "auto" relies on this to pick the shift-and-add sums under XLA (XLA's CPU convolutions
     # are slow); the test fails if TensorFlow drops the internal hook it uses.
-    from vxmtf.ops.filters import _in_xla_context
+    from vxmtf.ops._xla import in_xla_context
 
     seen = []
 
     def probe(t):
-        seen.append(_in_xla_context())
+        seen.append(in_xla_context())
         return t
 
-    assert not _in_xla_context()
+    assert not in_xla_context()
     tf.function(probe)(tf.zeros(()))
     tf.function(probe, jit_compile=True)(tf.zeros(()))
     assert seen == [False, True]

@@ -29,6 +29,7 @@ import logging
 import tensorflow as tf
 
 from vxmtf.checks import check_choice, is_int
+from vxmtf.ops._xla import in_xla_context
 
 __all__ = ["box_sum", "normalize_window"]
 
@@ -71,7 +72,7 @@ def box_sum(x, window, method="auto"):
     windows = normalize_window(window, rank - 2)
     check_choice("method", method, _METHODS)
     if method == "auto":
-        method = "shift" if _in_xla_context() else "conv"
+        method = "shift" if in_xla_context() else "conv"
     impl = _box_sum_shift if method == "shift" else _box_sum_conv
 
     @tf.custom_gradient
@@ -108,12 +109,6 @@ def normalize_window(window, ndim):
                 f"is centred on its voxel. Received: window={window!r}"
             )
     return tuple(int(w) for w in windows)
-
-
-def _in_xla_context():
-    """True while tracing a function that XLA will compile (``jit_compile=True``)."""
-    get_context = getattr(tf.__internal__, "get_enclosing_xla_context", None)
-    return get_context is not None and get_context() is not None
 
 
 def _box_sum_conv(x, windows):

@@ -4,7 +4,7 @@ import numpy as np
 import tensorflow as tf
 
 from vxmtf.checks import check_choice
-from vxmtf.ops.filters import _in_xla_context
+from vxmtf.ops._xla import in_xla_context
 
 _METHODS = ("auto", "gather", "product")
 
@@ -79,7 +79,7 @@ def rescale_field(field, factor=None, out_shape=None, method="auto"):
         if method == "gather" or not static:
             field = _resize_axis(field, k + 1, in_sizes[k], out_sizes[k], scale[k])
         else:
-            product = method == "product" or _in_xla_context()
+            product = method == "product" or in_xla_context()
             field = _resize_axis_static(field, k + 1, static_in[k], static_out[k], product)
     return field * scale
 
