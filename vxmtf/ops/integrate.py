@@ -3,7 +3,7 @@
 import tensorflow as tf
 
 from vxmtf.checks import check_choice
-from vxmtf.ops._xla import in_xla_context
+from vxmtf.ops._xla import in_xla_context, tape_is_recording
 from vxmtf.ops.resample import coordinate_dtype, warp
 
 _METHODS = ("auto", "unrolled", "loop")
@@ -19,10 +19,12 @@ def integrate_velocity(velocity, steps=7, method="auto"):
 
     The squarings run unrolled (`method="unrolled"`) or as a `tf.while_loop` of `steps`
     iterations (`"loop"`); both give the same field and gradient. `"auto"` unrolls them except
-    inside a function that XLA compiles: there, unrolled, XLA fuses each squaring's sampling
-    into the next one's and recomputes it per corner, so the forward pass grows with every
-    step (`python -m benchmarks.bench_integrate --jit`: 40x48x40, 7 steps, forward only, about
-    37x faster as a loop on a 2-core Xeon, and 3x faster than without XLA).
+    inside a function that XLA compiles and that no gradient tape records: there, unrolled,
+    XLA fuses each squaring's sampling into the next one's and recomputes it per corner, so
+    the forward pass grows with every step. `python -m benchmarks.bench_integrate --jit`
+    (2-core AMX Xeon, 7 steps): forward only, the loop is 36x faster at 40x48x40 (285 -> 8 ms;
+    25 ms without XLA) and 51x at 80x96x80; with the gradient it is 0.85x (47 -> 55 ms), so
+    `"auto"` keeps the unrolled form under a tape.
 
     Args:
         velocity: `(batch, *spatial, ndim)` in voxels.
@@ -38,7 +40,9 @@ def integrate_velocity(velocity, steps=7, method="auto"):
     if steps == 0:
         return velocity
     displacement = velocity * (1.0 / 2**steps)
-    if method == "loop" or (method == "auto" and in_xla_context()):
+    if method == "auto":
+        method = "loop" if in_xla_context() and not tape_is_recording() else "unrolled"
+    if method == "loop":
         # (batch, *spatial, ndim) -> same: one squaring per iteration.
         (displacement,) = tf.while_loop(
             lambda u: True,
