@@ -66,7 +66,7 @@ class RefineConfig:
     Measured on LPBA40 (`benchmarks/bench_refine.py`, 9 validation pairs): from the shipped
     `vxm_lpba40.keras`, ``steps=50, learning_rate=0.3`` raises mean Dice from 0.659 to 0.705
     with no folding (7.6 s per pair on 2 cores); 10 more `full_steps` at full resolution give
-    0.711 (13.9 s in all on a 2-core AMX Xeon); the first release's model reached the same
+    0.711 (12.9 s in all on a 2-core AMX Xeon); the first release's model reached the same
     from 0.646 (ANTs SyN: 0.720).
 
     Attributes:
