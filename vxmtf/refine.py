@@ -42,6 +42,7 @@ from vxmtf.ops.filters import normalize_window
 from vxmtf.ops.integrate import integrate_velocity
 from vxmtf.ops.resample import warp
 from vxmtf.ops.rescale import rescale_field
+from vxmtf.training.config import IMAGE_LOSSES
 
 __all__ = [
     "IMAGE_LOSSES",
@@ -50,8 +51,6 @@ __all__ = [
     "refine_field",
     "refine_objective",
 ]
-
-IMAGE_LOSSES = ("ncc", "mse")
 
 #: Adam's moment decay rates and denominator constant (Kingma and Ba; Keras's defaults).
 ADAM_BETA_1 = 0.9
