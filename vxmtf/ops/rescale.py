@@ -80,7 +80,9 @@ def rescale_field(field, factor=None, out_shape=None, method="auto"):
             field = _resize_axis(field, k + 1, in_sizes[k], out_sizes[k], scale[k])
         else:
             product = method == "product" or in_xla_context()
-            field = _resize_axis_static(field, k + 1, static_in[k], static_out[k], product)
+            field = _resize_axis_static(
+                field, k + 1, static_in[k], static_out[k], scale[k], product
+            )
     return field * scale
 
 
@@ -111,10 +113,11 @@ def _interpolation_matrix(in_size, out_size):
     return matrix.astype(np.float32)
 
 
-def _resize_axis_static(x, axis, in_size, out_size, product):
+def _resize_axis_static(x, axis, in_size, out_size, scale, product):
     """`_resize_axis` for sizes known while tracing: the product ``x -> W x`` along `axis`
     with the constant ``W = _interpolation_matrix(in_size, out_size)`` when `product`, else the
-    gathers; either way differentiated as the product with ``W^T``."""
+    gathers (`scale` is ``out_size / in_size``, as `_resize_axis` takes it); either way
+    differentiated as the product with ``W^T``."""
     if in_size == out_size:
         return x
     matrix = _interpolation_matrix(in_size, out_size)
@@ -123,8 +126,6 @@ def _resize_axis_static(x, axis, in_size, out_size, product):
 
     @tf.custom_gradient
     def resize(x):
-        scale = tf.constant(out_size / in_size, tf.float32)
-
         def grad(upstream):
             return _apply_along(tf.constant(matrix.T), upstream, axis)
 
