@@ -217,6 +217,17 @@ def test_fine_stage_alone_starts_from_the_resized_field():
     assert after < before
 
 
+def test_coarse_and_fine_stages_without_middle_steps_record_each_value_once():
+    moving, fixed, shape = random_pair(2, seed=5)
+    field = tf.zeros((1, *[n // 2 for n in shape], 2))
+    refined, _, history = refine_field(
+        moving, fixed, field, int_steps=7, steps=0, coarse_steps=3, fine_steps=2
+    )
+    assert history["loss"].shape == (3 + 2 + 1,)
+    after = oracle_objective(moving, fixed, refined, 7, shape, "ncc", 1.0, 1.0)
+    np.testing.assert_allclose(history["loss"][-1], after, rtol=1e-4, atol=1e-6)
+
+
 def test_refinement_at_a_finer_image_grid():
     """The same velocity against images 2x finer (a full-resolution stage): the displacement
     is on the images' grid, in their voxels (twice the coarse displacement)."""

@@ -272,7 +272,8 @@ def refine_field(
         _, history, field, displacement = _run_adam(
             graphs, moving, fixed, field, update, out_shape, weight, coarse_steps, lr
         )
-        histories.append(history if not steps else history[:-1])
+        # The next stage's first value is this stage's last: keep it once.
+        histories.append(history if not (steps or fine_steps) else history[:-1])
     if steps or not (coarse_steps or fine_steps):  # zero steps only to evaluate the field
         graphs = _adam_graph(*static, coarse=False, jit_compile=jit_compile)
         field, history, _, displacement = _run_adam(
