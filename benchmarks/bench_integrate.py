@@ -3,9 +3,9 @@
 `vxmtf.ops.integrate_velocity` composes the field with itself `steps` times. Unrolled
 (``method="unrolled"``) XLA fuses each squaring's sampling into the next and recomputes it
 per corner; as a ``tf.while_loop`` (``"loop"``) each squaring stays one computation. ``"auto"``
-(the default) unrolls outside XLA and loops inside it. This script times, in one process and
-alternating the methods round by round, on the velocity grids of the shipped LPBA40 models
-(40x48x40 and 80x96x80, 7 steps):
+(the default) loops inside XLA when no gradient tape records, and unrolls otherwise. This
+script times, in one process and alternating the methods round by round, on the velocity
+grids of the shipped LPBA40 models (40x48x40 and 80x96x80, 7 steps):
 
 - ``forward``: the integration alone (what registration and every refinement stage's final
   evaluation run);
