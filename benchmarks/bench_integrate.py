@@ -23,15 +23,12 @@ import vxmtf_cli  # noqa: E402  (imports no TensorFlow)
 
 vxmtf_cli.prepare_environment()
 
-import argparse  # noqa: E402
-import json  # noqa: E402
 import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from benchmarks.harness import machine_info  # noqa: E402
+from benchmarks import side_by_side  # noqa: E402
 from benchmarks.timing import time_alternating  # noqa: E402
 from vxmtf.ops.integrate import integrate_velocity  # noqa: E402
 
@@ -70,30 +67,17 @@ def build(kind, shape, method, jit_compile, seed=0):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jit", action="store_true", help="compile every case with XLA")
-    parser.add_argument("--rounds", type=int, default=7, help="timed calls per method and case")
-    parser.add_argument("--out", type=Path, help="also write the results to this JSON file")
-    args = parser.parse_args(argv)
-    if args.rounds < 1:
-        parser.error(f"--rounds must be >= 1. Received: {args.rounds}")
-    mode = "XLA" if args.jit else "graph"
-    print(f"| case ({mode}) | " + " | ".join(f"{m} ms" for m in METHODS) + " | unrolled / auto |")
-    print("|---|" + "---|" * (len(METHODS) + 1))
+    args = side_by_side.parse_args(__doc__.splitlines()[0], argv)
+    print(side_by_side.header(args.jit, METHODS, "unrolled / auto"))
     rows = []
     for kind, shape in CASES:
         calls = {m: build(kind, shape, m, args.jit) for m in METHODS}
         result = time_alternating(calls, args.rounds, baseline="unrolled")
         name = f"{kind} {'x'.join(map(str, shape))}, {STEPS} steps"
         rows.append({"case": name, "jit_compile": args.jit, **result})
-        times = " | ".join(f"{result[m]['median_ms']:.0f}" for m in METHODS)
-        print(f"| {name} | {times} | {result['auto']['baseline_over_this']:.2f}x |", flush=True)
+        print(side_by_side.row(name, result, METHODS, "baseline_over_this"), flush=True)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        command = " ".join(["python -m benchmarks.bench_integrate", *(argv or sys.argv[1:])])
-        payload = {"command": command, "machine": machine_info(), "rounds": args.rounds}
-        payload["results"] = rows
-        args.out.write_text(json.dumps(payload, indent=1) + "\n")
+        side_by_side.write(args.out, "benchmarks.bench_integrate", argv, args.rounds, rows)
     return 0
 
 

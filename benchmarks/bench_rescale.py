@@ -24,15 +24,12 @@ import vxmtf_cli  # noqa: E402  (imports no TensorFlow)
 
 vxmtf_cli.prepare_environment()
 
-import argparse  # noqa: E402
-import json  # noqa: E402
 import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from benchmarks.harness import machine_info  # noqa: E402
+from benchmarks import side_by_side  # noqa: E402
 from benchmarks.timing import time_alternating  # noqa: E402
 from vxmtf.losses.grad import grad_penalty  # noqa: E402
 from vxmtf.losses.ncc import mean_local_ncc  # noqa: E402
@@ -105,30 +102,16 @@ def run_case(kind, in_shape, out_shape, rounds, jit_compile, methods=METHODS):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jit", action="store_true", help="compile every case with XLA")
-    parser.add_argument("--rounds", type=int, default=7, help="timed calls per method and case")
-    parser.add_argument("--out", type=Path, help="also write the results to this JSON file")
-    args = parser.parse_args(argv)
-    if args.rounds < 1:
-        parser.error(f"--rounds must be >= 1. Received: {args.rounds}")
+    args = side_by_side.parse_args(__doc__.splitlines()[0], argv)
+    print(side_by_side.header(args.jit, METHODS, "gather / auto"))
     rows = []
-    mode = "XLA" if args.jit else "graph"
-    print(f"| case ({mode}) | " + " | ".join(f"{m} ms" for m in METHODS) + " | gather / auto |")
-    print("|---|" + "---|" * (len(METHODS) + 1))
     for kind, in_shape, out_shape in CASES:
         result = run_case(kind, in_shape, out_shape, args.rounds, args.jit)
         name = f"{kind} {'x'.join(map(str, in_shape))} -> {'x'.join(map(str, out_shape))}"
         rows.append({"case": name, "jit_compile": args.jit, **result})
-        times = " | ".join(f"{result[m]['median_ms']:.0f}" for m in METHODS)
-        print(f"| {name} | {times} | {result['auto']['gather_over_this']:.2f}x |", flush=True)
+        print(side_by_side.row(name, result, METHODS, "gather_over_this"), flush=True)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "command": " ".join(["python -m benchmarks.bench_rescale", *(argv or sys.argv[1:])])
-        }
-        payload.update(machine=machine_info(), rounds=args.rounds, results=rows)
-        args.out.write_text(json.dumps(payload, indent=1) + "\n")
+        side_by_side.write(args.out, "benchmarks.bench_rescale", argv, args.rounds, rows)
     return 0
 
 
