@@ -44,7 +44,6 @@ vxmtf_cli.prepare_environment(verbose=True)
 
 import argparse  # noqa: E402
 import collections  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -53,7 +52,7 @@ import time  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow.python.eager import context  # noqa: E402
 
-from benchmarks.harness import cpu_fields  # noqa: E402
+from benchmarks.harness import machine_info  # noqa: E402
 from benchmarks.workloads import build_trainer, random_pair  # noqa: E402
 
 # Remapping setting per variant: None restores RewriterConfig.DEFAULT (the option unset).
@@ -123,12 +122,9 @@ def op_diff(ops, base):
 
 
 def machine():
-    """CPU model, logical CPUs, TensorFlow version, oneDNN and log-level environment."""
+    """`benchmarks.harness.machine_info`, with the log level the remapper's messages need."""
     return {
-        "cpu": cpu_fields().get("model name") or platform.processor() or "unknown",
-        "cpu_count": os.cpu_count(),
-        "tensorflow": tf.__version__,
-        "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "(unset)"),
+        **machine_info(),
         "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "(unset)"),
     }
 
