@@ -1,6 +1,5 @@
 """Resizing of displacement fields between grids."""
 
-import numpy as np
 import tensorflow as tf
 
 from vxmtf.checks import check_choice
@@ -99,18 +98,12 @@ def _static_sizes(sizes):
 
 
 def _interpolation_matrix(in_size, out_size):
-    """``(out_size, in_size)`` float32 ``W`` of the voxel-centre linear resize (border clamped):
-    row ``y`` holds ``1 - frac`` at ``lower`` and ``frac`` at ``lower + 1``, for the position
-    ``(y + 0.5) * in_size / out_size - 0.5 = lower + frac``."""
-    position = (np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5
-    lower = np.floor(position)
-    frac = position - lower
-    lower = lower.astype(np.int64)
-    rows = np.arange(out_size)
-    matrix = np.zeros((out_size, in_size), np.float64)
-    np.add.at(matrix, (rows, np.clip(lower, 0, in_size - 1)), 1.0 - frac)
-    np.add.at(matrix, (rows, np.clip(lower + 1, 0, in_size - 1)), frac)
-    return matrix.astype(np.float32)
+    """``(out_size, in_size)`` float32 NumPy ``W`` of `_resize_axis` (``x -> W x``): the
+    resize applied to the identity's rows, computed eagerly even while tracing, so the two
+    paths share one position rule."""
+    with tf.init_scope():
+        identity = tf.eye(in_size, dtype=tf.float32)
+        return _resize_axis(identity, 0, in_size, out_size, out_size / in_size).numpy()
 
 
 def _resize_axis_static(x, axis, in_size, out_size, scale, product):
