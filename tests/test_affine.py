@@ -6,16 +6,9 @@ import tensorflow as tf
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from vxmtf.affine import (
-    AffineResult,
-    _mi_loss,
-    _mse_loss,
-    _ncc_loss,
-    _NumpyOps,
-    _rotation,
-    apply_affine,
-    register_affine,
-)
+from vxmtf.affine import AffineResult, apply_affine, register_affine
+from vxmtf.affine._metrics import mi_loss, mse_loss, ncc_loss
+from vxmtf.affine._parameters import NumpyOps, rotation
 
 # Smooth, asymmetric content defined in world mm, so that both images of a pair are exact samples.
 _RNG = np.random.default_rng(7)
@@ -198,9 +191,9 @@ def test_2d_recovers_rotation_and_shift():
 def test_rotation_matches_scipy():
     rotvec = np.array([0.3, -0.2, 0.5])
     np.testing.assert_allclose(
-        _rotation(rotvec, 3, _NumpyOps), Rotation.from_rotvec(rotvec).as_matrix(), atol=1e-10
+        rotation(rotvec, 3, NumpyOps), Rotation.from_rotvec(rotvec).as_matrix(), atol=1e-10
     )
-    np.testing.assert_allclose(_rotation(np.zeros(3), 3, _NumpyOps), np.eye(3), atol=1e-12)
+    np.testing.assert_allclose(rotation(np.zeros(3), 3, NumpyOps), np.eye(3), atol=1e-12)
 
 
 def test_metric_values():
@@ -208,20 +201,20 @@ def test_metric_values():
     f = rng.uniform(0.0, 1.0, 500).astype(np.float32)
     m = (2.0 * f + 1.0).astype(np.float32)
     w = np.ones(500, np.float32)
-    assert float(_ncc_loss(f, m, w, 32)) == pytest.approx(-1.0, abs=1e-5)
-    np.testing.assert_allclose(float(_mse_loss(f, m, w, 32)), np.mean((f - m) ** 2), rtol=1e-5)
+    assert float(ncc_loss(f, m, w, 32)) == pytest.approx(-1.0, abs=1e-5)
+    np.testing.assert_allclose(float(mse_loss(f, m, w, 32)), np.mean((f - m) ** 2), rtol=1e-5)
     # Points of weight 0 do not count.
     w_half = np.where(np.arange(500) < 250, 1.0, 0.0).astype(np.float32)
     np.testing.assert_allclose(
-        float(_mse_loss(f, m, w_half, 32)), np.mean((f[:250] - m[:250]) ** 2), rtol=1e-5
+        float(mse_loss(f, m, w_half, 32)), np.mean((f[:250] - m[:250]) ** 2), rtol=1e-5
     )
-    related = float(_mi_loss(f, 1.0 - f, w, 16))  # an inverted contrast: high MI
-    unrelated = float(_mi_loss(f, rng.permutation(f), w, 16))
+    related = float(mi_loss(f, 1.0 - f, w, 16))  # an inverted contrast: high MI
+    unrelated = float(mi_loss(f, rng.permutation(f), w, 16))
     assert related < unrelated - 0.5
     # MI is differentiable in the sampled intensities.
     sampled = tf.Variable(1.0 - f)
     with tf.GradientTape() as tape:
-        loss = _mi_loss(f, sampled, w, 16)
+        loss = mi_loss(f, sampled, w, 16)
     assert np.all(np.isfinite(tape.gradient(loss, sampled).numpy()))
 
 
