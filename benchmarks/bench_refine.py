@@ -79,6 +79,32 @@ SETTINGS = {
         "full_reg_weight": 0.5,
         "learning_rate": 0.3,
     },
+    # Fewer steps on the finer velocity, to fit the 15 s of issue #11.
+    "lr0.3_steps50_fullfine7_fulllambda0.5": {
+        "steps": 50,
+        "full_fine_steps": 7,
+        "full_reg_weight": 0.5,
+        "learning_rate": 0.3,
+    },
+    "lr0.3_steps40_fullfine6_fulllambda0.5": {
+        "steps": 40,
+        "full_fine_steps": 6,
+        "full_reg_weight": 0.5,
+        "learning_rate": 0.3,
+    },
+    # Adam's step size in the full-resolution stage alone (`full_learning_rate`).
+    "lr0.3_steps50_full10_fulllr0.1": {
+        "steps": 50,
+        "full_steps": 10,
+        "full_learning_rate": 0.1,
+        "learning_rate": 0.3,
+    },
+    "lr0.3_steps50_full10_fulllr0.6": {
+        "steps": 50,
+        "full_steps": 10,
+        "full_learning_rate": 0.6,
+        "learning_rate": 0.3,
+    },
 }
 
 
@@ -147,7 +173,7 @@ def results_table(results: dict, first: int | None = None) -> str:
         "| lambda | pairs | Dice mean ± std | s / pair | folding % |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
         # full-res steps "10 (2x finer)": on a velocity twice as fine as the model's; a lambda
-        # "1 / 0.5": of the model-grid stages / of the full-resolution stage
+        # "1 / 0.5": of the model-grid stages / of the full-resolution stage (an lr likewise)
     ]
     rows = sorted(_summaries(results, first), key=lambda r: (-r["pairs"], r["seconds_per_pair"]))
     for row in rows:
@@ -157,9 +183,12 @@ def results_table(results: dict, first: int | None = None) -> str:
         weight = f"{row['reg_weight']:g}"
         if row.get("full_reg_weight") is not None:
             weight += f" / {row['full_reg_weight']:g}"
+        rate = f"{row['learning_rate']:g}"
+        if row.get("full_learning_rate") is not None:
+            rate += f" / {row['full_learning_rate']:g}"
         lines.append(
             f"| {row['name']} | {row['coarse_steps']} | {row['steps']} | {row['fine_steps']} "
-            f"| {full} | {row['learning_rate']:g} | {row['ncc_window']} "
+            f"| {full} | {rate} | {row['ncc_window']} "
             f"| {weight} | {row['pairs']} "
             f"| {row['dice_mean']:.3f} ± {row['dice_std']:.3f} "
             f"| {row['seconds_per_pair']:.1f} | {row['folding_percent']:.4f} |"
@@ -229,6 +258,7 @@ def _options(name: str, objective: dict) -> dict:
         "full_steps": raw.get("full_steps", 0),
         "full_fine_steps": raw.get("full_fine_steps", 0),
         "full_reg_weight": raw.get("full_reg_weight", None),
+        "full_learning_rate": raw.get("full_learning_rate", None),
         "learning_rate": raw.get("learning_rate", 0.1),
         "ncc_window": raw.get("ncc_window", objective["ncc_window"]),
         "reg_weight": raw.get("reg_weight", objective["reg_weight"]),
@@ -296,6 +326,9 @@ class PairRunner:
             **objective,
             "reg_weight": objective["reg_weight"] if full_weight is None else full_weight,
         }
+        full_rate = {}
+        if options["full_learning_rate"] is not None:
+            full_rate = {"learning_rate": options["full_learning_rate"]}
         if full and (any(self.padding.before) or any(self.padding.after)):
             raise ValueError("full_steps needs a pair that the model grid holds without padding")
         moving, fixed = self.images["moving"], self.images["fixed"]
@@ -310,7 +343,7 @@ class PairRunner:
                 self.full_images["fixed"],
                 field,
                 **full_objective,
-                **{**schedule, "coarse_steps": 0, "fine_steps": full_fine},
+                **{**schedule, "coarse_steps": 0, "fine_steps": full_fine, **full_rate},
                 steps=options["full_steps"],
             )
         seconds = time.perf_counter() - start

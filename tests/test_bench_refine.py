@@ -11,6 +11,8 @@ def test_options_fill_the_defaults_and_keep_the_full_resolution_stage_settings()
     assert plain["full_reg_weight"] is None and plain["reg_weight"] == 1.0
     finer = _options("lr0.3_steps50_fullfine10_fulllambda0.5", OBJECTIVE)
     assert (finer["full_steps"], finer["full_fine_steps"], finer["full_reg_weight"]) == (0, 10, 0.5)
+    assert plain["full_learning_rate"] is None
+    assert _options("lr0.3_steps50_full10_fulllr0.1", OBJECTIVE)["full_learning_rate"] == 0.1
     for name in SETTINGS:  # every setting is a complete option set
         assert set(_options(name, OBJECTIVE)) == set(plain)
 
@@ -33,7 +35,13 @@ def test_results_table_means_each_setting_and_names_the_full_resolution_stage():
         "options": _options(name, OBJECTIVE),
         "pairs": {"a": pair(0, 0.75, 30.0)},
     }
+    name_lr = "lr0.3_steps50_full10_fulllr0.6"
+    results["settings"][name_lr] = {
+        "options": _options(name_lr, OBJECTIVE),
+        "pairs": {"a": pair(0, 0.71, 14.0)},
+    }
     table = results_table(results)
+    assert f"| {name_lr} | 0 | 50 | 0 | 10 | 0.3 / 0.6 | 9 | 1 | 1 | 0.710 ± 0.000 |" in table
     assert (
         "| lr0.3_steps50_full10 | 0 | 50 | 0 | 10 | 0.3 | 9 | 1 | 2 | 0.710 ± 0.010 | 15.0 |"
         in (table)
@@ -41,4 +49,5 @@ def test_results_table_means_each_setting_and_names_the_full_resolution_stage():
     assert "| 10 (2x finer) | 0.3 | 9 | 1 / 0.5 | 1 | 0.750 ± 0.000 | 30.0 |" in table
     rows = [line for line in table.splitlines()[2:] if line.startswith("| ")]
     # two-pair settings first, each group by increasing seconds
-    assert [r.split(" | ")[0][2:] for r in rows] == ["steps0", "lr0.3_steps50_full10", name]
+    order = ["steps0", "lr0.3_steps50_full10", name_lr, name]
+    assert [r.split(" | ")[0][2:] for r in rows] == order
