@@ -19,6 +19,20 @@ def parse(*argv):
     return config_from_args(build_parser().parse_args(list(argv)))
 
 
+def test_warmup_steps_option(tmp_path, capsys):
+    assert parse().train.warmup_steps == 0
+    assert parse("--warmup-steps", "50").train.warmup_steps == 50
+    run = tmp_path / "run"
+    assert main(["--warmup-steps", "-3", "--model-dir", str(run)]) == 2
+    assert "argument --warmup-steps" in capsys.readouterr().err
+    # Longer than the run: refused before anything is written.
+    args = ["--warmup-steps", "10", "--epochs", "1", "--steps-per-epoch", "10"]
+    assert main([*args, "--model-dir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "warmup_steps" in err and "1 x 10 = 10" in err and "Received: warmup_steps=10" in err
+    assert not run.exists()
+
+
 def test_recompute_flag_sets_the_train_config():
     assert parse().train.recompute is False
     assert parse("--recompute").train.recompute is True

@@ -178,6 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
         f"{syn['lr_schedule']} on the built-in synthetic data, {files['lr_schedule']} with --data)",
     )
     g.add_argument(
+        "--warmup-steps",
+        type=cli.non_negative_int,
+        default=t.warmup_steps,
+        help="raise the learning rate linearly from 0 to --lr over the first N steps, then "
+        "follow --lr-schedule over the rest (default: 0, none)",
+    )
+    g.add_argument(
         "--seed", type=int, default=t.seed, help="seed of pair sampling and initial weights"
     )
     g.add_argument("--model-dir", default=t.model_dir, help="output folder")
@@ -267,6 +274,7 @@ def config_from_args(args):
             batch_size=args.batch_size,
             lr=args.lr,
             lr_schedule=args.lr_schedule,
+            warmup_steps=args.warmup_steps,
             seed=args.seed,
             mixed_precision=args.mixed_precision,
             xla=args.xla,

@@ -108,6 +108,43 @@ def test_cosine_schedule_falls_from_lr_to_a_hundredth_over_the_run(tmp_path):
         TrainConfig(lr_schedule="linear")
 
 
+def test_warmup_rises_linearly_then_follows_the_schedule_over_the_remaining_steps(tmp_path):
+    # Written out, not Keras': lr * t / W for t < W, then the constant rate or the half cosine
+    # from lr at step W to lr / 100 at the run's last step T.
+    lr, warmup, total = 1e-3, 4, 4 * 5
+    for schedule in ("cosine", "constant"):
+        config = tiny_config(
+            tmp_path / schedule,
+            epochs=4,
+            steps_per_epoch=5,
+            lr_schedule=schedule,
+            warmup_steps=warmup,
+        )
+        optimizer = build_training_model(config, (32, 32)).compile().optimizer
+        for step in (0, 1, 3, 4, 5, 12, 19, 20, 30):
+            optimizer.iterations.assign(step)
+            if step < warmup:
+                expected = lr * step / warmup
+            elif schedule == "constant":
+                expected = lr
+            else:
+                t = min(step - warmup, total - warmup) / (total - warmup)
+                expected = lr * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * t)))
+            got = float(optimizer.learning_rate)
+            assert got == pytest.approx(expected, rel=1e-5, abs=1e-12), (schedule, step)
+    assert RunConfig.from_dict(config.to_dict()).train.warmup_steps == warmup
+
+
+def test_warmup_steps_must_be_an_int_below_the_run_length(tmp_path):
+    with pytest.raises(ValueError, match="warmup_steps.*int >= 0.*Received: warmup_steps=-1"):
+        TrainConfig(warmup_steps=-1)
+    with pytest.raises(ValueError, match="warmup_steps.*Received: warmup_steps=2.5"):
+        TrainConfig(warmup_steps=2.5)
+    with pytest.raises(ValueError, match=r"fewer than the run's steps.*2 x 3 = 6.*warmup_steps=6"):
+        tiny_config(tmp_path, warmup_steps=6)
+    assert tiny_config(tmp_path, warmup_steps=5).train.warmup_steps == 5
+
+
 def test_defaults_depend_on_the_data_and_yield_to_explicit_values():
     # Files: VoxelMorph's recipe (Balakrishnan et al., TMI 2019: Adam 1e-4, lambda 1 with NCC,
     # 0.01 with MSE). The synthetic data: the first run's tuned recipe.

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vxmtf.atomic import atomic_write_text
-from vxmtf.checks import check_choice, check_positive
+from vxmtf.checks import check_choice, check_int, check_positive
 from vxmtf.data.pipeline import MODES
 from vxmtf.data.preprocess import PreprocessConfig
 
@@ -163,6 +163,9 @@ class TrainConfig:
     batch_size: int = 1
     lr: float | None = None
     lr_schedule: str | None = None
+    # Linear warm-up of Adam's rate from 0 to `lr` over the first N steps, then the schedule
+    # (`trainer.learning_rate`). 0: none, as in VoxelMorph.
+    warmup_steps: int = 0
     seed: int = 0
     mixed_precision: bool = False
     xla: bool = False
@@ -192,6 +195,7 @@ class TrainConfig:
                 "Loss weights must be finite numbers >= 0. "
                 f"Received: reg_weight={self.reg_weight}, seg_weight={self.seg_weight}"
             )
+        self.warmup_steps = check_int("warmup_steps", self.warmup_steps, minimum=0)
         if self.save_every < 0:
             raise ValueError(
                 f"`save_every` must be >= 0 (0: at each epoch's end only). "
@@ -214,6 +218,13 @@ class RunConfig:
                 setattr(self.train, name, defaults[name])
         if self.train.reg_weight is None:
             self.train.reg_weight = defaults["reg_weight"][self.train.image_loss]
+        total = self.train.epochs * self.train.steps_per_epoch
+        if self.train.warmup_steps >= total:
+            raise ValueError(
+                "`warmup_steps` must be fewer than the run's steps (epochs x steps_per_epoch = "
+                f"{self.train.epochs} x {self.train.steps_per_epoch} = {total}). "
+                f"Received: warmup_steps={self.train.warmup_steps}"
+            )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -234,21 +234,30 @@ def load_initial_weights(model: VxmDense, path) -> None:
 
 
 def learning_rate(config: TrainConfig):
-    """Adam's learning rate for a run: the number `lr`, or with `lr_schedule="cosine"` a
-    schedule of the optimizer step ``t``,
+    """Adam's learning rate for a run, a function of the optimizer step ``t``.
+
+    The number `lr` (`lr_schedule="constant"`), or with `"cosine"` the half cosine
     ``lr * (f + (1 - f) * (1 + cos(pi * min(t, T) / T)) / 2)`` with ``T = epochs *
-    steps_per_epoch`` (the run's last step) and ``f = COSINE_FINAL_FRACTION``.
+    steps_per_epoch`` (the run's last step) and ``f = COSINE_FINAL_FRACTION``. With
+    ``warmup_steps = W > 0`` the rate first rises linearly, ``lr * t / W`` for ``t < W`` (Goyal
+    et al., 2017), and the schedule then runs over the remaining steps: constant at `lr`, or the
+    half cosine with ``t - W`` and ``T - W`` in place of ``t`` and ``T``.
 
     The step is the optimizer's, saved with the resumable state, so a resumed run continues the
     same curve (a resumed run given more `epochs` stretches it: the rate jumps up to where the
     longer curve is at that step).
     """
-    if config.lr_schedule == "constant":
+    warmup = config.warmup_steps
+    if config.lr_schedule == "constant" and not warmup:
         return config.lr
+    # Keras's CosineDecay has the linear warm-up; with alpha 1 its "decay" keeps `lr`.
+    constant = config.lr_schedule == "constant"
     return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=config.lr,
-        decay_steps=config.epochs * config.steps_per_epoch,
-        alpha=COSINE_FINAL_FRACTION,
+        initial_learning_rate=0.0 if warmup else config.lr,
+        decay_steps=max(1, config.epochs * config.steps_per_epoch - warmup),
+        alpha=1.0 if constant else COSINE_FINAL_FRACTION,
+        warmup_target=config.lr if warmup else None,
+        warmup_steps=warmup,
     )
 
 
