@@ -27,7 +27,14 @@ def fake_execv(path, args):
 def argv(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["ignored", "--model", "m.keras"])
     monkeypatch.setattr(os, "execv", fake_execv)
-    monkeypatch.delenv(launch.ONEDNN, raising=False)
+    # `run_main` sets the defaults in `os.environ` itself (`prepare_environment`): record each
+    # variable's state first, so that the test's changes are undone even for a variable that
+    # was unset (a bare `delenv` of an unset variable records nothing to restore, and a leaked
+    # TF_ENABLE_ONEDNN_OPTS=1 failed `test_reports_this_process_setting` on AMD CPUs, where
+    # TensorFlow's default is oneDNN off).
+    for name in launch.ENVIRONMENT:
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
 
 
 def test_restarts_with_onednn_when_it_is_off_and_unset(argv, monkeypatch):
@@ -189,3 +196,19 @@ def test_precision_choices_are_the_library_precisions():
     action = next(a for a in parser._actions if a.dest == "precision")
     assert tuple(action.choices) == tuple(PRECISIONS)
     assert action.default in PRECISIONS
+
+
+def test_refinement_options_reach_the_refine_config():
+    parser = argparse.ArgumentParser()
+    launch.add_registration_arguments(parser)
+    args = parser.parse_args(
+        "--refine-steps 50 --refine-full-steps 4 --refine-full-fine-steps 7 "
+        "--refine-full-lambda 0.5 --refine-lr 0.2".split()
+    )
+    from vxmtf.refine import RefineConfig
+
+    refine = RefineConfig(**launch.registration_options(args)["refine"])
+    assert (refine.steps, refine.full_steps, refine.full_fine_steps) == (50, 4, 7)
+    assert (refine.full_reg_weight, refine.learning_rate) == (0.5, 0.2)
+    plain = RefineConfig(**launch.registration_options(parser.parse_args([]))["refine"])
+    assert plain == RefineConfig() and not plain.enabled
