@@ -277,6 +277,12 @@ def test_config_kwargs_use_the_model_objective():
     }
     full = RefineConfig(steps=5, fine_steps=3, full_steps=4).full_kwargs(run)
     assert (full["steps"], full["coarse_steps"], full["fine_steps"]) == (4, 0, 0)
+    assert full["reg_weight"] == 0.01
+    finer = RefineConfig(steps=5, full_steps=4, full_fine_steps=6, full_reg_weight=0.5)
+    full = finer.full_kwargs(run)
+    assert (full["steps"], full["coarse_steps"], full["fine_steps"]) == (4, 0, 6)
+    assert full["reg_weight"] == 0.5 and finer.kwargs(run)["reg_weight"] == 0.01
+    assert RefineConfig(full_fine_steps=2).enabled and finer.full_stage_steps == 10
     override = RefineConfig(steps=5, image_loss="ncc", ncc_window=5, reg_weight=0.5).kwargs(run)
     assert (override["image_loss"], override["ncc_window"], override["reg_weight"]) == (
         "ncc",
@@ -302,6 +308,8 @@ def test_config_kwargs_use_the_model_objective():
         ({"image_loss": "l1"}, "`refine_image_loss` must be None or one of"),
         ({"ncc_window": 4}, "`refine_ncc_window` must be a positive odd int"),
         ({"reg_weight": -1.0}, "`refine_reg_weight` must be a number >= 0"),
+        ({"full_fine_steps": -1}, "`refine_full_fine_steps` must be an int >= 0"),
+        ({"full_reg_weight": float("inf")}, "`refine_full_reg_weight` must be a number >= 0"),
     ],
 )
 def test_config_validation(options, message):

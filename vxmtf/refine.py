@@ -81,6 +81,11 @@ class RefineConfig:
             run's downsampling: not run by `refine_field` on the model grid, but by the caller,
             who holds those images, with a second `refine_field` call on the refined field
             (`full_kwargs`); needs a grid the downsampling covers without padding or remainder.
+        full_fine_steps: steps of that full-resolution stage, after its `full_steps`, on the
+            field resized to a grid twice as fine (for the shipped models' quarter-resolution
+            velocity: half resolution); slower per step, a little more accurate
+            (`benchmarks/RESULTS.md`).
+        full_reg_weight: lambda of the full-resolution stage alone, >= 0; None: `reg_weight`.
         image_loss: ``"ncc"`` or ``"mse"``; None uses the model's (its run configuration).
         ncc_window: positive odd window of NCC; None uses the model's.
         reg_weight: lambda of the smoothness term, >= 0; None uses the model's.
@@ -96,12 +101,14 @@ class RefineConfig:
     coarse_factor: int = 2
     fine_steps: int = 0
     full_steps: int = 0
+    full_fine_steps: int = 0
+    full_reg_weight: float | None = None
     image_loss: str | None = None
     ncc_window: int | None = None
     reg_weight: float | None = None
 
     def __post_init__(self):
-        for name in ("steps", "coarse_steps", "fine_steps", "full_steps"):
+        for name in ("steps", "coarse_steps", "fine_steps", "full_steps", "full_fine_steps"):
             check_int(f"refine_{name}", getattr(self, name), minimum=0)
         check_int("refine_coarse_factor", self.coarse_factor, minimum=2)
         check_positive("refine_learning_rate", self.learning_rate)
@@ -116,11 +123,19 @@ class RefineConfig:
         if self.reg_weight is not None:
             _check_weight(self.reg_weight, "refine_reg_weight")
             object.__setattr__(self, "reg_weight", float(self.reg_weight))
+        if self.full_reg_weight is not None:
+            _check_weight(self.full_reg_weight, "refine_full_reg_weight")
+            object.__setattr__(self, "full_reg_weight", float(self.full_reg_weight))
 
     @property
     def enabled(self) -> bool:
         """True when there is at least one step to take."""
-        return self.steps + self.coarse_steps + self.fine_steps + self.full_steps > 0
+        return self.steps + self.coarse_steps + self.fine_steps + self.full_stage_steps > 0
+
+    @property
+    def full_stage_steps(self) -> int:
+        """Steps of the full-resolution stage: `full_steps` + `full_fine_steps`."""
+        return self.full_steps + self.full_fine_steps
 
     def to_dict(self) -> dict:
         """Plain JSON-ready values (for `summary.json`); `from_dict` reads them back."""
@@ -157,13 +172,17 @@ class RefineConfig:
         }
 
     def full_kwargs(self, run_config=None) -> dict:
-        """Keyword arguments of the full-resolution `refine_field` call (`full_steps`)."""
-        return {
+        """Keyword arguments of the full-resolution `refine_field` call: `full_steps` on the
+        field, then `full_fine_steps` on it resized twice as fine, at `full_reg_weight`."""
+        kwargs = {
             **self.kwargs(run_config),
             "steps": self.full_steps,
             "coarse_steps": 0,
-            "fine_steps": 0,
+            "fine_steps": self.full_fine_steps,
         }
+        if self.full_reg_weight is not None:
+            kwargs["reg_weight"] = self.full_reg_weight
+        return kwargs
 
 
 def refine_objective(run_config=None) -> dict:

@@ -280,6 +280,21 @@ def add_registration_arguments(parser):
         "downsampled)",
     )
     group.add_argument(
+        "--refine-full-fine-steps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="Adam steps after those, against the full-resolution images, on the field resized "
+        "2x finer (slower per step, a little more accurate)",
+    )
+    group.add_argument(
+        "--refine-full-lambda",
+        type=float,
+        default=None,
+        metavar="F",
+        help="lambda of the full-resolution steps alone (default: the model's)",
+    )
+    group.add_argument(
         "--refine-coarse-steps",
         type=int,
         default=0,
@@ -295,6 +310,8 @@ def registration_options(args) -> dict:
         "steps": args.refine_steps,
         "coarse_steps": args.refine_coarse_steps,
         "full_steps": args.refine_full_steps,
+        "full_fine_steps": args.refine_full_fine_steps,
+        "full_reg_weight": args.refine_full_lambda,
         "learning_rate": args.refine_lr,
     }
     affine = None

@@ -75,6 +75,29 @@ def test_refine_options_and_errors(tmp_path):
         Registrator(tmp_path / "vxm", config=_config(0), refine=3)
 
 
+def test_full_resolution_stage_on_a_finer_velocity():
+    """`full_fine_steps` at `full_reg_weight`: the full-resolution stage continues on the
+    velocity resized 2x finer; the shift is still recovered, without folding."""
+    moving, fixed = _pair()
+    config = _config(7)
+    config.data.downsample = 2
+    model = shift_model([0.0, 0.0, 0.0], int_steps=7)
+    refine = RefineConfig(
+        steps=40, learning_rate=0.1, full_steps=5, full_fine_steps=10, full_reg_weight=0.5
+    )
+    result = Registrator(model, config=config, refine=refine).register(moving, fixed)
+    assert result.displacement.shape == (*moving.shape, 3)
+    assert len(result.refinement["loss"]) == 40 + 5 + 10 + 1
+    core = (slice(6, -6),) * 3
+    assert abs(float(np.median(result.displacement[core][..., 0])) + 1.5) < 0.4
+    assert jacobian_determinant(result.displacement).min() > 0
+    assert Registrator(model, config=config, refine=refine).settings()["refine"] == {
+        **RefineConfig().to_dict(),
+        **{"steps": 40, "learning_rate": 0.1, "full_steps": 5},
+        **{"full_fine_steps": 10, "full_reg_weight": 0.5},
+    }
+
+
 @pytest.mark.parametrize("int_steps", [0, 7])
 def test_full_resolution_refinement_of_a_downsampled_run(int_steps):
     """A run at half resolution on an odd-sized pair (cropped remainder, padding): the last

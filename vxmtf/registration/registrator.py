@@ -298,7 +298,7 @@ class Registrator:
             field, displacement, history = self._refined(*prepared)
         else:
             displacement = self.predictor(*prepared)
-        if self.refine.full_steps:
+        if self.refine.full_stage_steps:
             displacement, history = self._refined_full(moving, fixed, padding, field, history)
         else:
             displacement = padding.undo(displacement.numpy()[0])  # (*P, ndim) -> (*C, ndim)
@@ -352,7 +352,8 @@ class Registrator:
         return options
 
     def _refined_full(self, moving, fixed, padding, field, history):
-        """The last `full_steps` of refinement against the images at their own resolution.
+        """The last steps of refinement (`full_steps`, `full_fine_steps`) against the images at
+        their own resolution.
 
         The run's grid is `C = S // K` padded to `P` (`padding`); at full resolution the same
         region is the first `K C` voxels of each axis padded by `K` times as much, so the field
