@@ -29,9 +29,7 @@ def argv(monkeypatch):
     monkeypatch.setattr(os, "execv", fake_execv)
     # `run_main` sets the defaults in `os.environ` itself (`prepare_environment`): record each
     # variable's state first, so that the test's changes are undone even for a variable that
-    # was unset (a bare `delenv` of an unset variable records nothing to restore, and a leaked
-    # TF_ENABLE_ONEDNN_OPTS=1 failed `test_reports_this_process_setting` on AMD CPUs, where
-    # TensorFlow's default is oneDNN off).
+    # was unset (a bare `delenv` of an unset variable records nothing to restore).
     for name in launch.ENVIRONMENT:
         monkeypatch.setenv(name, "")
         monkeypatch.delenv(name)
@@ -58,9 +56,10 @@ def test_runs_main_in_place_otherwise(argv, monkeypatch, user, enabled):
     assert os.environ.get(launch.ONEDNN) == user  # the user's choice is left as it was
 
 
-def test_reports_this_process_setting():
-    # TensorFlow decided at import, from the environment this test process started with.
-    expected = os.environ.get(launch.ONEDNN)
+def test_reports_this_process_setting(start_environment):
+    # TensorFlow decided at import, from the environment this test process started with (not
+    # today's `os.environ`: tests that run a tool's `main` set the variable since).
+    expected = start_environment.get(launch.ONEDNN)
     enabled = launch.onednn_enabled()
     assert enabled in (True, False)
     if expected in ("0", "1"):
