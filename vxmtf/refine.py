@@ -121,12 +121,10 @@ class RefineConfig:
             )
         if self.ncc_window is not None:
             _check_window(self.ncc_window, "refine_ncc_window")
-        if self.reg_weight is not None:
-            _check_weight(self.reg_weight, "refine_reg_weight")
-            object.__setattr__(self, "reg_weight", float(self.reg_weight))
-        if self.full_reg_weight is not None:
-            _check_weight(self.full_reg_weight, "refine_full_reg_weight")
-            object.__setattr__(self, "full_reg_weight", float(self.full_reg_weight))
+        for name in ("reg_weight", "full_reg_weight"):
+            if getattr(self, name) is not None:
+                _check_weight(getattr(self, name), f"refine_{name}")
+                object.__setattr__(self, name, float(getattr(self, name)))
 
     @property
     def enabled(self) -> bool:
