@@ -211,3 +211,23 @@ def test_refinement_options_reach_the_refine_config():
     assert (refine.full_reg_weight, refine.learning_rate) == (0.5, 0.2)
     plain = RefineConfig(**launch.registration_options(parser.parse_args([]))["refine"])
     assert plain == RefineConfig() and not plain.enabled
+
+
+@pytest.mark.parametrize(
+    "option, value, expected",
+    [
+        ("--refine-steps", "-1", "an integer >= 0"),
+        ("--refine-full-fine-steps", "2.5", "an integer >= 0"),
+        ("--refine-lr", "0", "a finite number > 0"),
+        ("--refine-full-lambda", "-0.5", "a finite number >= 0"),
+        ("--refine-full-lambda", "nan", "a finite number >= 0"),
+    ],
+)
+def test_bad_refinement_options_are_usage_errors_naming_the_option(option, value, expected, capsys):
+    parser = argparse.ArgumentParser()
+    launch.add_registration_arguments(parser)
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args([option, value])
+    assert exit_.value.code == 2
+    message = capsys.readouterr().err
+    assert option in message and expected in message and repr(value) in message

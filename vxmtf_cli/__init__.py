@@ -258,7 +258,7 @@ def add_registration_arguments(parser):
     group = parser.add_argument_group("test-time refinement (instance optimisation)")
     group.add_argument(
         "--refine-steps",
-        type=int,
+        type=non_negative_int,
         default=0,
         metavar="N",
         help="Adam steps optimising the network's field on each pair, on the model's own "
@@ -266,14 +266,14 @@ def add_registration_arguments(parser):
     )
     group.add_argument(
         "--refine-lr",
-        type=float,
+        type=positive_float,
         default=0.3,
         metavar="LR",
         help="Adam step size (voxels of the field's grid)",
     )
     group.add_argument(
         "--refine-full-steps",
-        type=int,
+        type=non_negative_int,
         default=0,
         metavar="N",
         help="Adam steps last, against the images at full resolution (for a run trained "
@@ -281,7 +281,7 @@ def add_registration_arguments(parser):
     )
     group.add_argument(
         "--refine-full-fine-steps",
-        type=int,
+        type=non_negative_int,
         default=0,
         metavar="N",
         help="Adam steps after those, against the full-resolution images, on the field resized "
@@ -289,14 +289,14 @@ def add_registration_arguments(parser):
     )
     group.add_argument(
         "--refine-full-lambda",
-        type=float,
+        type=non_negative_float,
         default=None,
         metavar="F",
         help="lambda of the full-resolution steps alone (default: the model's)",
     )
     group.add_argument(
         "--refine-coarse-steps",
-        type=int,
+        type=non_negative_int,
         default=0,
         metavar="N",
         help="Adam steps first, on a smooth update on a 2x coarser grid",
