@@ -266,13 +266,21 @@ def _options(name: str, objective: dict) -> dict:
     }
 
 
+def refine_config(options: dict):
+    """The `vxmtf.refine.RefineConfig` of a setting's `_options`: all of them but
+    ``full_learning_rate`` (the bench applies it itself) and ``image_loss`` (the model's)."""
+    from vxmtf.refine import RefineConfig
+
+    skip = ("full_learning_rate", "image_loss")
+    return RefineConfig(**{k: v for k, v in options.items() if k not in skip})
+
+
 class PairRunner:
     """Prepares one pair, runs the model, refines and scores displacements."""
 
-    def __init__(self, model, run_config, objective, xla):
+    def __init__(self, model, run_config, xla):
         self.model = model
         self.config = run_config
-        self.objective = objective
         self.xla = xla
         self.warm = set()
 
@@ -303,48 +311,25 @@ class PairRunner:
 
     def refine(self, options):
         """Returns (full-resolution displacement, refinement seconds, final loss)."""
-        import tensorflow as tf
-
         from vxmtf.refine import refine_field
         from vxmtf.registration import resize_displacement
 
-        objective = {
-            **self.objective,
-            "ncc_window": options["ncc_window"],
-            "reg_weight": options["reg_weight"],
-        }
-        schedule = {
-            "learning_rate": options["learning_rate"],
-            "coarse_steps": options["coarse_steps"],
-            "fine_steps": options["fine_steps"],
-            "jit_compile": self.xla,
-        }
-        full_fine = options["full_fine_steps"]
-        full = options["full_steps"] + full_fine > 0
-        full_weight = options["full_reg_weight"]
-        full_objective = {
-            **objective,
-            "reg_weight": objective["reg_weight"] if full_weight is None else full_weight,
-        }
-        full_rate = {}
-        if options["full_learning_rate"] is not None:
-            full_rate = {"learning_rate": options["full_learning_rate"]}
+        config = refine_config(options)
+        kwargs = {**config.kwargs(self.config), "jit_compile": self.xla}
+        full_kwargs = {**config.full_kwargs(self.config), "jit_compile": self.xla}
+        if options["full_learning_rate"] is not None:  # a bench-only option
+            full_kwargs["learning_rate"] = options["full_learning_rate"]
+        full = config.full_stage_steps > 0
         if full and (any(self.padding.before) or any(self.padding.after)):
             raise ValueError("full_steps needs a pair that the model grid holds without padding")
-        moving, fixed = self.images["moving"], self.images["fixed"]
-        compile_seconds = self._warm_up(objective, schedule, options, full_objective)
+        compile_seconds = self._warm_up(kwargs, full_kwargs if full else None)
         start = time.perf_counter()
         field, displacement, history = refine_field(
-            moving, fixed, self.preint, **objective, **schedule, steps=options["steps"]
+            self.images["moving"], self.images["fixed"], self.preint, **kwargs
         )
         if full:
             field, displacement, full_history = refine_field(
-                self.full_images["moving"],
-                self.full_images["fixed"],
-                field,
-                **full_objective,
-                **{**schedule, "coarse_steps": 0, "fine_steps": full_fine, **full_rate},
-                steps=options["full_steps"],
+                self.full_images["moving"], self.full_images["fixed"], field, **full_kwargs
             )
         seconds = time.perf_counter() - start
         displacement = displacement.numpy()[0]
@@ -358,36 +343,31 @@ class PairRunner:
                 + [(0, 0)],
                 mode="edge",
             )
-        del tf
         final = float((full_history if full else history)["loss"][-1])
         return displacement, seconds, float(history["loss"][0]), final, compile_seconds
 
-    def _warm_up(self, objective, schedule, options, full_objective):
+    def _warm_up(self, kwargs, full_kwargs):
         """One step of every graph the setting uses, so timing excludes tracing/compiling."""
         from vxmtf.refine import refine_field
 
-        full_fine = options["full_fine_steps"]
-        key = (
-            objective["ncc_window"],
-            options["coarse_steps"] > 0,
-            options["fine_steps"] > 0,
-            options["full_steps"] > 0,
-            full_fine > 0,
-        )
+        stages = ("coarse_steps", "steps", "fine_steps")
+        key = (kwargs["ncc_window"], *(kwargs[n] > 0 for n in stages))
+        if full_kwargs is not None:
+            key += tuple(full_kwargs[n] > 0 for n in stages)
         if key in self.warm:
             return 0.0
         start = time.perf_counter()
-        warm = {**schedule, "coarse_steps": min(1, schedule["coarse_steps"])}
-        warm["fine_steps"] = min(1, warm["fine_steps"])
         images = (self.images["moving"], self.images["fixed"])
-        refine_field(*images, self.preint, **objective, **warm, steps=1)
-        if options["full_steps"] or full_fine:
-            full = (self.full_images["moving"], self.full_images["fixed"])
+        one = {n: min(1, kwargs[n]) for n in stages}
+        refine_field(*images, self.preint, **{**kwargs, **one})
+        if full_kwargs is not None:
             field = self.preint
-            if options["fine_steps"]:
-                field = refine_field(*images, field, **objective, **warm, steps=0)[0]
-            no_levels = {**schedule, "coarse_steps": 0, "fine_steps": min(1, full_fine)}
-            refine_field(*full, field, **full_objective, **no_levels, steps=1)
+            if kwargs["fine_steps"]:  # the full stage starts on the finer grid
+                field = refine_field(*images, field, **{**kwargs, **one, "steps": 0})[0]
+            full = (self.full_images["moving"], self.full_images["fixed"])
+            refine_field(
+                *full, field, **{**full_kwargs, **{n: min(1, full_kwargs[n]) for n in stages}}
+            )
         self.warm.add(key)
         return time.perf_counter() - start
 
@@ -435,7 +415,7 @@ def main(argv=None) -> int:
     results = _load_results(results_path)
     results["model"], results["data"] = str(args.model), str(args.data)
     results["xla"] = bool(args.xla)
-    runner = PairRunner(model, run_config, objective, args.xla)
+    runner = PairRunner(model, run_config, args.xla)
     for index, source in enumerate(pairs):
         pair_id = f"{Path(source.moving).name}->{Path(source.fixed).name}"
         todo = [n for n in names if pair_id not in results["settings"].get(n, {}).get("pairs", {})]

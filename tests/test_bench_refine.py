@@ -1,6 +1,6 @@
 """`benchmarks.bench_refine`: setting options and the results table (no TensorFlow work)."""
 
-from benchmarks.bench_refine import SETTINGS, _options, results_table
+from benchmarks.bench_refine import SETTINGS, _options, refine_config, results_table
 
 OBJECTIVE = {"int_steps": 7, "image_loss": "ncc", "ncc_window": 9, "reg_weight": 1.0}
 
@@ -15,6 +15,17 @@ def test_options_fill_the_defaults_and_keep_the_full_resolution_stage_settings()
     assert _options("lr0.3_steps50_full10_fulllr0.1", OBJECTIVE)["full_learning_rate"] == 0.1
     for name in SETTINGS:  # every setting is a complete option set
         assert set(_options(name, OBJECTIVE)) == set(plain)
+
+
+def test_every_setting_is_a_refine_config_with_the_stages_it_names():
+    configs = {name: refine_config(_options(name, OBJECTIVE)) for name in SETTINGS}
+    short = configs["lr0.3_steps40_fullfine6_fulllambda0.5"]
+    assert (short.steps, short.learning_rate, short.full_steps) == (40, 0.3, 0)
+    full = short.full_kwargs()
+    assert (full["steps"], full["fine_steps"], full["reg_weight"]) == (0, 6, 0.5)
+    assert short.kwargs()["reg_weight"] == 1.0  # the model-grid stages keep the model's lambda
+    assert configs["ncc5_steps100"].kwargs()["ncc_window"] == 5
+    assert configs["steps0"].enabled is False
 
 
 def test_results_table_means_each_setting_and_names_the_full_resolution_stage():
