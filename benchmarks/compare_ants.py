@@ -284,7 +284,9 @@ def main(argv=None) -> int:
         summaries, series = {}, {}
         ants_summary, ants_records = load_method(out)
         loaded = {name: load_method(folder) for name, folder in methods.items()}
-        ants_name = "ANTs SyN" if args.transform == "SyNOnly" else "ANTs SyN (antspyx default)"
+        ants_name = (
+            "ANTs SyNOnly (CC)" if args.transform == "SyNOnly" else "ANTs SyN (antspyx default)"
+        )
         loaded[ants_name] = (ants_summary, ants_records)
         series["before registration"] = [
             {"label": r["label"], "dice": r["dice_before"]} for r in ants_records

@@ -71,7 +71,7 @@ def test_command_line_writes_evaluate_dice_files_and_comparison(tmp_path):
     # Compare with a method folder (here the same results under another name), no new ANTs run.
     assert main([*args, "--skip-ants", "--method", f"again={out}"]) == 0
     table = (out / "comparison.md").read_text()
-    assert "| again |" in table and "| ANTs SyN |" in table and "affine only" in table
+    assert "| again |" in table and "| ANTs SyNOnly (CC) |" in table and "affine only" in table
     assert (out / "comparison_boxplot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main([*args, "--skip-ants", "--method", "no-equals-sign"]) == 2
     # Resumable per pair: a pair already done is read back, not registered again.
