@@ -66,8 +66,9 @@ class RefineConfig:
     `vxm_lpba40.keras`, ``steps=50, learning_rate=0.3`` raises mean Dice from 0.659 to 0.705
     with no folding (7.6 s per pair on 2 cores); 10 more `full_steps` at full resolution give
     0.711 (12.9 s in all on a 2-core AMX Xeon); the first release's model reached the same
-    from 0.646 (ANTs SyN: 0.720). ``steps=40, full_fine_steps=6, full_reg_weight=0.5`` gives
-    0.714 in 0.88x that time.
+    from 0.646. ``steps=40, full_fine_steps=6, full_reg_weight=0.5`` gives 0.714 in 0.9x that
+    time (11.4 s on an idle 2-core AMD EPYC): the recommended setting. ANTs, full resolution:
+    0.711 for antspyx's default SyN (304 s), 0.724 for SyNOnly with CC (25-30 min).
 
     Attributes:
         steps: Adam steps on the field itself (``--refine-steps``); 0 switches refinement off.
