@@ -12,8 +12,9 @@ before and after registration on the 4 held-back synthetic pairs with the traini
 
 Variants (`SETTINGS`): the defaults before issue #14 (`previous`: rougher deformations, 1,500
 constant-rate steps at lambda 1), the present defaults (`default`: no options) and the steps
-between them, one change at a time. A variant whose `eval/summary.json` exists is not rerun, so
-an interrupted sweep resumes. Writes `OUT/results.json` and `OUT/results.md`.
+between them, one change at a time, and the defaults with a learning-rate warm-up. A variant
+whose `eval/summary.json` exists is not rerun, so an interrupted sweep resumes. Writes
+`OUT/results.json` and `OUT/results.md`.
 
 `--oracle` needs no model: it registers each held-back scan-to-atlas pair with the inverse of
 its true deformation (`SyntheticPairs.atlas_displacement`, inverted by fixed-point iteration)
@@ -48,6 +49,13 @@ SETTINGS = {
     "new_data_previous_recipe": _PREVIOUS_RECIPE,
     "default_lambda1": ["--lambda", "1"],
     "default": [],
+    # `--warmup-steps`: a linear rise of the learning rate over the first steps, against the
+    # loss spike of the first few hundred steps at 2e-3.
+    "default_warmup150": ["--warmup-steps", "150"],
+    "default_warmup400": ["--warmup-steps", "400"],
+    # ... and on another seed (other random anatomy, atlas and held-back pairs)
+    "default_seed1": ["--seed", "1"],
+    "default_seed1_warmup150": ["--seed", "1", "--warmup-steps", "150"],
 }
 
 
