@@ -356,18 +356,20 @@ class PairRunner:
             key += tuple(full_kwargs[n] > 0 for n in stages)
         if key in self.warm:
             return 0.0
+
+        def one_step_each(stage_kwargs):  # at most one step of each stage
+            return {**stage_kwargs, **{n: min(1, stage_kwargs[n]) for n in stages}}
+
         start = time.perf_counter()
         images = (self.images["moving"], self.images["fixed"])
-        one = {n: min(1, kwargs[n]) for n in stages}
-        refine_field(*images, self.preint, **{**kwargs, **one})
+        warm = one_step_each(kwargs)
+        refine_field(*images, self.preint, **warm)
         if full_kwargs is not None:
             field = self.preint
             if kwargs["fine_steps"]:  # the full stage starts on the finer grid
-                field = refine_field(*images, field, **{**kwargs, **one, "steps": 0})[0]
+                field = refine_field(*images, field, **{**warm, "steps": 0})[0]
             full = (self.full_images["moving"], self.full_images["fixed"])
-            refine_field(
-                *full, field, **{**full_kwargs, **{n: min(1, full_kwargs[n]) for n in stages}}
-            )
+            refine_field(*full, field, **one_step_each(full_kwargs))
         self.warm.add(key)
         return time.perf_counter() - start
 

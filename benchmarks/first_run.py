@@ -49,8 +49,8 @@ SETTINGS = {
     "new_data_previous_recipe": _PREVIOUS_RECIPE,
     "default_lambda1": ["--lambda", "1"],
     "default": [],
-    # `--warmup-steps`: a linear rise of the learning rate over the first steps, against the
-    # loss spike of the first few hundred steps at 2e-3.
+    # `--warmup-steps`: a linear rise of the learning rate over the first steps to the peak
+    # 2e-3 (measured in RESULTS.md: no gain beyond noise, and one run diverged).
     "default_warmup150": ["--warmup-steps", "150"],
     "default_warmup400": ["--warmup-steps", "400"],
     # ... and on another seed (other random anatomy, atlas and held-back pairs)
